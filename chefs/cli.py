@@ -1,0 +1,94 @@
+"""`chef`: run a chef process that joins a federation."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from artefacts.natsutil import NatsUnreachable
+from chefs.runtime import Chef, ChefConfig
+from protocol import subjects
+from protocol.kinds import KNOWN_KINDS
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="chef", description="Run a ComputePods chef: cook steps for a federation.")
+    p.add_argument("--nats", required=True, help="NATS server URL, e.g. nats://127.0.0.1:4222")
+    p.add_argument("--kind", action="append", choices=KNOWN_KINDS, required=True, help="a kind to cook (repeat)")
+    p.add_argument("--id", default=None, help="chef id (default: <hostname>-<pid>)")
+    p.add_argument("--home", type=Path, default=None,
+                   help="chef state dir (default ~/.local/state/computepods/chef-<id>)")
+    p.add_argument("--store", type=Path, default=None, help="content store dir (default <home>/store)")
+    p.add_argument("--sftp-listen", type=_hostport, default=("127.0.0.1", 0), help="HOST:PORT for the SFTP server")
+    p.add_argument("--advertise", default="", help="address peers use to reach the SFTP server")
+    p.add_argument("--federation", default=subjects.DEFAULT_FEDERATION, help="subject prefix of the federation")
+    p.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="steps run at once")
+    p.add_argument("--key", type=Path, default=None, help="federation private key used to pull from peers")
+    p.add_argument("--authorized-keys", type=Path, default=None, help="file of public keys allowed to pull from us")
+    p.add_argument("--tool", action="append", default=[], help="extra tool to advertise (repeat)")
+    p.add_argument("--no-sandbox", action="store_true", help="run steps without bwrap even if it exists")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> ChefConfig:
+    chef_id = subjects.check_token(args.id or f"{socket.gethostname()}-{os.getpid()}", "chef id")
+    home = args.home or Path.home() / ".local/state/computepods" / f"chef-{chef_id}"
+    authorized: list[str] = []
+    if args.authorized_keys:
+        authorized = [ln.strip() for ln in args.authorized_keys.read_text().splitlines()
+                      if ln.strip() and not ln.startswith("#")]
+    return ChefConfig(
+        id=chef_id, nats_url=args.nats, kinds=list(dict.fromkeys(args.kind)), home=home,
+        store=args.store, federation=args.federation, sftp_listen=args.sftp_listen,
+        advertise_host=args.advertise, slots=max(1, args.slots), client_key=args.key,
+        authorized_keys=authorized, extra_tools=args.tool, sandbox=not args.no_sandbox,
+    )
+
+
+async def _serve(config: ChefConfig) -> None:
+    chef = Chef(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, chef.request_stop)
+    try:
+        await chef.start()
+        print(f"chef {config.id} ready", flush=True)  # the embedded federation waits for this line
+        await chef.run_until_stopped()
+    finally:
+        await chef.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    try:
+        config = config_from_args(args)
+    except (ValueError, OSError) as exc:
+        print(f"chef: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(config))
+    except NatsUnreachable as exc:
+        print(f"chef: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Cook one step: task dir from the store, run the command (sandboxed), store the outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from artefacts.store import Store
+from chefs.discovery import parse_depfile, parse_fls, project_relative
+from chefs.sandbox import bwrap_path, plain_argv, sandbox_argv
+from chefs.taskdir import TaskDir
+from protocol.errors import ErrorCode
+from protocol.messages import OutputRef, StepRequest
+
+LOG_LIMIT = 64 * 1024  # keep the tail: that is where compilers and TeX say what went wrong
+BASE_ENV = {"LANG": "C.UTF-8", "TZ": "UTC"}
+
+
+@dataclass
+class Outcome:
+    code: ErrorCode
+    exit_status: int = 0
+    outputs: list[OutputRef] = field(default_factory=list)
+    discovered: list[str] = field(default_factory=list)
+    log: str = ""
+    message: str = ""
+
+
+class Cook:
+    def __init__(self, store: Store, tasks_dir: Path, tools: dict[str, str], *, sandbox: bool = True) -> None:
+        self.store = store
+        self.tasks_dir = tasks_dir
+        self.tools = tools
+        self.bwrap = bwrap_path() if sandbox else None
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.bwrap is not None
+
+    async def run(self, step: StepRequest) -> Outcome:
+        inputs = [(i.path, i.digest) for i in step.inputs]
+        task = TaskDir(self.tasks_dir, step.step_id)
+        try:
+            await asyncio.to_thread(task.make, self.store, inputs, step.outputs)
+            store_stat = {d: os.stat(self.store.path_for(d)) for _, d in inputs}
+            status, log, timed_out = await self._execute(step, task.path, [p for p, _ in inputs])
+            if timed_out:
+                return Outcome(ErrorCode.TIMEOUT, status, log=log,
+                               message=f"step {step.step_id} ran longer than {step.timeout_s:g}s")
+            changed = task.input_changed(inputs, store_stat)
+            if changed:
+                await asyncio.to_thread(self._quarantine, dict(inputs)[changed])
+                return Outcome(ErrorCode.COMMAND_FAILED, status, log=log,
+                               message=f"step {step.step_id} modified its input {changed}, which is read-only")
+            if status != 0:
+                return Outcome(ErrorCode.COMMAND_FAILED, status, log=log,
+                               message=f"step {step.step_id} failed with exit status {status}")
+            missing = [o for o in step.outputs if not (task.path / o).is_file()]
+            if missing:
+                return Outcome(ErrorCode.OUTPUT_MISSING, status, log=log,
+                               message=f"step {step.step_id} did not make {', '.join(missing)}")
+            discovered = await asyncio.to_thread(self._discover, step, task.path)
+            stored = await self.store.ingest_outputs([task.path / o for o in step.outputs])
+            outputs = [OutputRef(path=o, digest=d, size=s) for o, (d, s) in zip(step.outputs, stored, strict=True)]
+            return Outcome(ErrorCode.OK, status, outputs=outputs, discovered=discovered, log=log)
+        finally:
+            await task.remove()
+
+    async def _execute(self, step: StepRequest, cwd: Path, inputs: list[str]) -> tuple[int, str, bool]:
+        argv = sandbox_argv(self.bwrap, cwd, inputs, step.command) if self.bwrap else plain_argv(step.command)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp" if self.bwrap else str(cwd),
+               **BASE_ENV, **step.env}
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # so a timeout can kill the whole process group
+        )
+        timed_out = False
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), step.timeout_s)
+        except TimeoutError:
+            timed_out = True
+            _kill_group(proc.pid)
+            out, _ = await proc.communicate()
+        except asyncio.CancelledError:
+            _kill_group(proc.pid)
+            await proc.wait()
+            raise
+        text = out.decode(errors="replace")
+        if len(text) > LOG_LIMIT:
+            text = "[... earlier output cut ...]\n" + text[-LOG_LIMIT:]
+        return proc.returncode if proc.returncode is not None else -1, text, timed_out
+
+    def _discover(self, step: StepRequest, task_dir: Path) -> list[str]:
+        found: list[str] = []
+        if step.depfile and (task_dir / step.depfile).is_file():
+            found += parse_depfile((task_dir / step.depfile).read_text(errors="replace"))
+        if step.recorder:
+            for fls in task_dir.rglob("*.fls"):
+                found += parse_fls(fls.read_text(errors="replace"))
+        if not found:
+            return []
+        # Paths inside the sandbox are under /work; map them back onto the task dir.
+        mapped = [str(task_dir / p[len("/work/"):]) if p.startswith("/work/") else p for p in found]
+        outputs = set(step.outputs)
+        return sorted(p for p in project_relative(mapped, task_dir) if p not in outputs)
+
+    def _quarantine(self, digest: str) -> None:
+        """A stored file whose bytes a step may have changed can no longer be trusted: drop it."""
+        path = self.store.path_for(digest)
+        try:
+            os.chmod(path, 0o644)
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, 9)
+    except ProcessLookupError:
+        pass

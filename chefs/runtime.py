@@ -1,0 +1,314 @@
+"""The chef: a NATS micro service that pulls inputs by digest, runs steps in task dirs, stores outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.micro
+from nats.aio.client import Client as NATS
+from nats.micro.request import Request
+
+from artefacts.keys import load_or_create_key, public_key_line
+from artefacts.natsutil import connect, kv_bucket
+from artefacts.sftp_client import Puller, PullError
+from artefacts.sftp_server import ArtefactServer, store_resolver
+from artefacts.store import Store
+from artefacts.toolprobe import ToolProbe
+from chefs.cooking import Cook
+from protocol import PROTOCOL_VERSION, subjects
+from protocol.errors import ErrorCode
+from protocol.kinds import KIND_TOOLS
+from protocol.messages import (
+    ChefInfo,
+    Event,
+    InputRef,
+    Pod,
+    PullRequest,
+    PullResult,
+    StepRequest,
+    StepResult,
+    decoder,
+    encode,
+    encode_json,
+    headers,
+)
+
+log = logging.getLogger("chef")
+HEARTBEAT_S = 2.0
+REGISTRY_TTL_S = 10.0
+SERVICE_VERSION = "0.1.0"
+
+
+@dataclass
+class ChefConfig:
+    id: str
+    nats_url: str
+    kinds: list[str]
+    home: Path  # tasks/, keys and (by default) store/ live here
+    store: Path | None = None
+    federation: str = subjects.DEFAULT_FEDERATION
+    sftp_listen: tuple[str, int] = ("127.0.0.1", 0)
+    advertise_host: str = ""  # address peers use to reach our SFTP server; defaults to the listen host
+    slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    client_key: Path | None = None  # the federation key this chef pulls with
+    authorized_keys: list[str] = field(default_factory=list)  # public keys allowed to pull from us
+    extra_tools: list[str] = field(default_factory=list)
+    sandbox: bool = True
+
+
+class Chef:
+    def __init__(self, config: ChefConfig) -> None:
+        self.config = config
+        self.store = Store(config.store or config.home / "store")
+        self._slots = asyncio.Semaphore(config.slots)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+        self._nc: NATS | None = None
+        self._service: nats.micro.service.Service | None = None
+        self._sftp: ArtefactServer | None = None
+        self._puller: Puller | None = None
+        self._info: ChefInfo | None = None
+        self._kv = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._inflight_pulls: dict[str, asyncio.Task[int]] = {}
+        self.counters = {"steps_ok": 0, "steps_failed": 0, "files_pulled": 0, "bytes_pulled": 0}
+        self._decode_step = decoder(StepRequest)
+        self._decode_pull = decoder(PullRequest)
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.home.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.store.recover)
+        host_key = await asyncio.to_thread(load_or_create_key, cfg.home / "host_key")
+        client_key = await asyncio.to_thread(load_or_create_key, cfg.client_key or cfg.home / "client_key")
+        authorized = cfg.authorized_keys or [public_key_line(client_key)]
+        self._sftp = ArtefactServer(store_resolver(self.store.root), host_key, authorized)
+        host, _port = await self._sftp.start(*cfg.sftp_listen)
+        endpoint = self._sftp.endpoint(cfg.advertise_host or host)
+        self._puller = Puller(client_key, self.store)
+
+        probe = ToolProbe(cfg.home / "tools.json")
+        wanted = sorted({t for k in cfg.kinds for t in KIND_TOOLS.get(k, ())} | set(cfg.extra_tools))
+        tools = await probe.identities(wanted)
+        probe.save()
+        self.cook = Cook(self.store, cfg.home / "tasks", tools, sandbox=cfg.sandbox)
+        if cfg.sandbox and not self.cook.sandboxed:
+            log.warning("chef %s: bwrap not found: steps run UNSANDBOXED in plain task dirs", cfg.id)
+
+        self._nc = await connect(cfg.nats_url, f"chef:{cfg.id}")
+        now = time.time()
+        self._info = ChefInfo(
+            id=cfg.id, kinds=list(cfg.kinds), tools=tools, sftp=endpoint, slots=cfg.slots,
+            host=socket.gethostname(), started_at=now, heartbeat_at=now,
+            sandbox="bwrap" if self.cook.sandboxed else "none",
+        )
+        self._service = await nats.micro.add_service(
+            self._nc,
+            name=subjects.CHEF_SERVICE_NAME,
+            version=SERVICE_VERSION,
+            description=f"ComputePods chef {cfg.id} ({', '.join(cfg.kinds)})",
+            metadata={
+                "chef_id": cfg.id, "kinds": ",".join(cfg.kinds), "federation": cfg.federation,
+                "sftp": f"{endpoint.host}:{endpoint.port}", "host_key_fingerprint": endpoint.fingerprint,
+                "protocol": str(PROTOCOL_VERSION), "sandbox": self._info.sandbox,
+            },
+            stats_handler=lambda _endpoint: dict(self.counters),
+        )
+        await self._service.add_endpoint(
+            name="run", subject=subjects.chef_run(cfg.federation, cfg.id), handler=self._on_run
+        )
+        await self._service.add_endpoint(
+            name="pull", subject=subjects.chef_pull(cfg.federation, cfg.id), handler=self._on_pull
+        )
+        self._kv = await kv_bucket(self._nc, subjects.chefs_bucket(cfg.federation), ttl=REGISTRY_TTL_S)
+        await self._register()
+        self._heartbeat = asyncio.create_task(self._beat())
+        await self._publish("chef.joined", detail={"kinds": cfg.kinds, "sftp": f"{endpoint.host}:{endpoint.port}"})
+        log.info("chef %s ready: kinds=%s sftp=%s:%s", cfg.id, cfg.kinds, endpoint.host, endpoint.port)
+
+    async def _register(self) -> None:
+        assert self._info and self._kv
+        info = msgspec.structs.replace(
+            self._info, heartbeat_at=time.time(), running=len(self._running),
+        )
+        await self._kv.put(self.config.id, encode(info))
+
+    async def _beat(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), HEARTBEAT_S)
+            if self._stopping.is_set():
+                break
+            try:
+                await self._register()
+            except Exception as exc:  # NATS briefly away: the next beat tries again
+                log.warning("heartbeat failed: %s", exc)
+
+    async def run_until_stopped(self) -> None:
+        await self._stopping.wait()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self, *, drain_s: float = 30.0) -> None:
+        """Deregister first (no new work), let running steps finish, then close everything."""
+        self._stopping.set()
+        if self._heartbeat:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        if self._kv:
+            with contextlib.suppress(Exception):
+                await self._kv.delete(self.config.id)
+        with contextlib.suppress(Exception):
+            await self._publish("chef.left")
+        if self._service:
+            with contextlib.suppress(Exception):
+                await self._service.stop()
+        if self._running:
+            await asyncio.wait(list(self._running.values()), timeout=drain_s)
+        if self._nc:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+        if self._puller:
+            await self._puller.close()
+        if self._sftp:
+            await self._sftp.stop()
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    async def _on_run(self, request: Request) -> None:
+        # micro awaits handlers one at a time per endpoint; the step runs in its own task so a
+        # long LaTeX run never holds up the next request.
+        try:
+            step = self._decode_step.decode(request.data)
+        except msgspec.DecodeError as exc:
+            await request.respond_error("400", f"bad step request: {exc}")
+            return
+        self._track(f"run:{step.step_id}", self._run_and_reply(step, request))
+
+    def _track(self, label: str, work: Coroutine[Any, Any, None]) -> None:
+        """Keep a reference to background work (asyncio only holds weak ones) until it ends."""
+        task = asyncio.create_task(work)
+        key = f"{label}#{id(task)}"
+        self._running[key] = task
+        task.add_done_callback(lambda _t: self._running.pop(key, None))
+
+    async def _run_and_reply(self, step: StepRequest, request: Request) -> None:
+        async with self._slots:
+            await self._publish("step.running", step)
+            try:
+                result = await self.cook_step(step)
+            except Exception as exc:  # a chef bug must still answer, or the MajorDomo waits in vain
+                log.exception("step %s crashed the chef's cooking", step.step_id)
+                result = self._result(step, ErrorCode.INTERNAL, message=f"chef {self.config.id}: {exc!r}")
+        self.counters["steps_ok" if result.ok else "steps_failed"] += 1
+        await self._publish("step.done" if result.ok else "step.failed", step, {
+            "code": str(result.code), "duration_s": round(result.duration_s, 4),
+            "outputs": [o.path for o in result.outputs], "message": result.message,
+        })
+        with contextlib.suppress(Exception):
+            await request.respond(encode(result), headers=headers())
+
+    async def _on_pull(self, request: Request) -> None:
+        try:
+            pull = self._decode_pull.decode(request.data)
+        except msgspec.DecodeError as exc:
+            await request.respond_error("400", f"bad pull request: {exc}")
+            return
+
+        async def work() -> None:
+            failed = await self._pull_inputs(pull.inputs, pull.pods)
+            held = [i.digest for i in pull.inputs if i.digest not in failed]
+            await request.respond(encode(PullResult(chef_id=self.config.id, held=held, failed=failed)))
+
+        self._track("pull", work())
+
+    # -- cooking ----------------------------------------------------------------------------------
+
+    def _result(self, step: StepRequest, code: ErrorCode, **kw: object) -> StepResult:
+        return StepResult(
+            step_id=step.step_id, action_key=step.action_key, chef_id=self.config.id, code=code,
+            attempt=step.attempt, **kw,  # type: ignore[arg-type]
+        )
+
+    async def cook_step(self, step: StepRequest) -> StepResult:
+        started = time.monotonic()
+        if step.kind not in self.config.kinds:
+            return self._result(step, ErrorCode.KIND_UNSUPPORTED,
+                                message=f"chef {self.config.id} does not cook kind {step.kind!r}")
+        missing_tools = [t for t in step.tools if t not in self.cook.tools]
+        if missing_tools:
+            return self._result(step, ErrorCode.TOOL_MISSING,
+                                message=f"chef {self.config.id} lacks tool(s): {', '.join(missing_tools)}")
+        before = dict(self.counters)
+        failed = await self._pull_inputs(step.inputs, step.pods)
+        pulled = {"files_pulled": self.counters["files_pulled"] - before["files_pulled"],
+                  "bytes_pulled": self.counters["bytes_pulled"] - before["bytes_pulled"]}
+        if failed:
+            digest, reason = next(iter(failed.items()))
+            path = next(i.path for i in step.inputs if i.digest == digest)
+            return self._result(step, ErrorCode.INPUT_UNAVAILABLE, message=f"cannot get input {path}: {reason}",
+                                duration_s=time.monotonic() - started, **pulled)
+        outcome = await self.cook.run(step)
+        return self._result(
+            step, outcome.code, exit_status=outcome.exit_status, outputs=outcome.outputs,
+            discovered=outcome.discovered, log=outcome.log, message=outcome.message,
+            duration_s=time.monotonic() - started, **pulled,
+        )
+
+    async def _pull_inputs(self, inputs: list[InputRef], pods: list[Pod]) -> dict[str, str]:
+        """Pull every input the store lacks, each digest at most once however many steps want it."""
+        endpoints = {p.id: p.sftp for p in pods}
+        wanted: dict[str, InputRef] = {}
+        for ref in inputs:
+            if ref.digest not in wanted and not self.store.has(ref.digest):
+                wanted[ref.digest] = ref
+        failures: dict[str, str] = {}
+
+        async def one(ref: InputRef) -> None:
+            task = self._inflight_pulls.get(ref.digest)
+            if task is None:
+                task = asyncio.create_task(self._pull_one(ref, endpoints))
+                self._inflight_pulls[ref.digest] = task
+                task.add_done_callback(lambda _t, d=ref.digest: self._inflight_pulls.pop(d, None))
+            try:
+                await task
+            except PullError as exc:
+                failures[ref.digest] = str(exc)
+
+        await asyncio.gather(*(one(ref) for ref in wanted.values()))
+        return failures
+
+    async def _pull_one(self, ref: InputRef, endpoints: dict[str, object]) -> int:
+        assert self._puller
+        owners = [endpoints[o] for o in ref.owners if o in endpoints and o != self.config.id]
+        if not owners:
+            raise PullError(ref.digest, [("-", "no reachable owner")])
+        await self._puller.pull_any(ref.digest, ref.size, owners)  # type: ignore[arg-type]
+        self.counters["files_pulled"] += 1
+        self.counters["bytes_pulled"] += ref.size
+        return ref.size
+
+    async def _publish(self, kind: str, step: StepRequest | None = None, detail: dict | None = None) -> None:
+        if not self._nc or self._nc.is_closed:
+            return
+        event = Event(
+            kind=kind, at=time.time(), source=self.config.id,
+            build_id=step.build_id if step else "", step_id=step.step_id if step else "",
+            chef_id=self.config.id, detail=detail or {},
+        )
+        with contextlib.suppress(Exception):
+            await self._nc.publish(subjects.events(self.config.federation, kind), encode_json(event))

@@ -1,0 +1,55 @@
+"""A task dir: a fresh directory per step, inputs hardlinked read-only from the store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+
+class LinkingStore(Protocol):
+    def link_into(self, digest: str, dest: Path) -> None: ...
+
+
+class TaskDir:
+    """Create with `make`, remove with `remove` (call it in a `finally`)."""
+
+    def __init__(self, parent: Path, step_id: str) -> None:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in step_id)[:60]
+        self.path = parent / f"{safe}-{uuid.uuid4().hex[:12]}"
+
+    def make(self, store: LinkingStore, inputs: list[tuple[str, str]], outputs: list[str]) -> None:
+        """Link each (path, digest) input in place and create the output directories."""
+        self.path.mkdir(parents=True)
+        for rel, digest in inputs:
+            store.link_into(digest, self.path / rel)
+        for rel in outputs:
+            (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
+
+    def input_changed(self, inputs: list[tuple[str, str]], store_stat: dict[str, os.stat_result]) -> str | None:
+        """The first input whose link no longer is the stored file unchanged (a step wrote to it)."""
+        for rel, digest in inputs:
+            try:
+                st = os.lstat(self.path / rel)
+            except FileNotFoundError:
+                continue  # removing its link is harmless: the store keeps the file
+            ref = store_stat.get(digest)
+            if ref and st.st_ino == ref.st_ino and (st.st_size, st.st_mtime_ns) != (ref.st_size, ref.st_mtime_ns):
+                return rel
+        return None
+
+    async def remove(self) -> None:
+        await asyncio.to_thread(_rmtree, self.path)
+
+
+def _rmtree(path: Path) -> None:
+    # A step may have made a directory read-only; make it writable and try again.
+    def retry_writable(func, failed_path, _exc_info):  # type: ignore[no-untyped-def]
+        os.chmod(os.path.dirname(failed_path), 0o700)
+        func(failed_path)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=retry_writable)

@@ -1,0 +1,155 @@
+"""`majordomo`: the command line. Heavy modules (NATS, SSH) are imported only by commands that use them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import TextIO
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _config_nats() -> str | None:
+    """`--nats` falls back to MAJORDOMO_NATS, then ~/.config/computepods/config.toml's `nats`."""
+    if url := os.environ.get("MAJORDOMO_NATS"):
+        return url
+    path = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "computepods" / "config.toml"
+    if path.exists():
+        try:
+            return tomllib.loads(path.read_text()).get("nats") or None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UserError(f"{path}: {exc}") from None
+    return None
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="majordomo", description="Build a project with a federation of chefs.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    b = sub.add_parser("build", help="build targets (default: the project's defaults, else everything)")
+    b.add_argument("targets", nargs="*", metavar="TARGET", help="an output path, a recipe name or a step id")
+    b.add_argument("-C", dest="directory", type=Path, default=Path("."), help="project directory")
+    b.add_argument("-f", "--file", default="majordomo.toml", help="recipe file name (default majordomo.toml)")
+    b.add_argument("-j", "--jobs", type=int, default=0, help="steps in flight (default: the chefs' slots)")
+    b.add_argument("--nats", default=None, help="NATS URL of an existing federation (default: embedded)")
+    b.add_argument("--federation", default=None, help="subject prefix of the federation (default cp)")
+    b.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a [vars] entry")
+    b.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+    b.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
+    b.add_argument("-v", "--verbose", action="store_true", help="also print cached steps and commands")
+    lg = sub.add_parser("log", help="show the stored output of a step's last run")
+    lg.add_argument("step", help="step id, e.g. compile[main]")
+    lg.add_argument("-C", dest="directory", type=Path, default=Path("."))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "build":
+            return _build(args)
+        if args.command == "log":
+            return _log(args)
+    except UserError as exc:
+        print(f"majordomo: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("majordomo: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_USAGE
+
+
+def _parse_vars(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise UserError(f"--var expects NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from majordomo.recipes import RecipeError, load_project
+
+    root = args.directory.resolve()
+    if not (root / args.file).is_file():
+        raise UserError(f"no {args.file} in {root}")
+    try:
+        return load_project(root, recipe_file=args.file, overrides=_parse_vars(args.var))
+    except RecipeError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _build(args: argparse.Namespace) -> int:
+    from majordomo.progress import LineReporter
+    from majordomo.state import State, StateError
+
+    project = _load(args)
+    nats_url = args.nats or _config_nats()
+    try:
+        state = State(project.root)
+    except StateError as exc:
+        raise UserError(str(exc)) from None
+    human: TextIO = sys.stderr if args.json else sys.stdout
+    reporter = LineReporter(human, quiet=args.quiet, verbose=args.verbose)
+    try:
+        report = asyncio.run(_run_build(project, state, args, nats_url, reporter))
+    finally:
+        state.close()
+    reporter.summary(report)
+    if args.json:
+        print(json.dumps(report.as_json()), flush=True)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[no-untyped-def]
+    from majordomo.engine import Build, BuildError, BuildOptions
+    from protocol import subjects
+
+    options = BuildOptions(targets=args.targets, jobs=max(0, args.jobs), nats_url=nats_url,
+                           federation=args.federation or subjects.DEFAULT_FEDERATION)
+    build = Build(project, state, options, on_step=reporter.step)
+    try:
+        return await build.run()
+    except BuildError as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:
+        # Federation problems are the user's to fix (URL, chefs): one line, never a traceback.
+        from artefacts.natsutil import NatsUnreachable
+        from majordomo.federation import FederationError
+
+        if isinstance(exc, NatsUnreachable | FederationError):
+            raise UserError(str(exc)) from None
+        raise
+
+
+def _log(args: argparse.Namespace) -> int:
+    from majordomo.state import State
+
+    root = args.directory.resolve()
+    if not (root / ".majordomo" / "state.db").exists():
+        raise UserError(f"no build state in {root}: run `majordomo build` first")
+    state = State(root)
+    try:
+        found = state.step_log(args.step)
+    finally:
+        state.close()
+    if found is None:
+        raise UserError(f"no log stored for step {args.step!r}")
+    log, ok, chef, _at = found
+    print(f"# {args.step}: {'ok' if ok else 'FAILED'} on {chef}")
+    sys.stdout.write(log)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

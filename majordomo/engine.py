@@ -1,0 +1,535 @@
+"""One build: decide what is out of date, dispatch it to chefs, record results, fetch final outputs.
+
+The engine walks the step graph in dependency order. A step whose action key has a recorded
+result is cached; its output digests feed its dependants' keys, so a rerun step whose outputs
+come out identical stops the rebuild there (early cutoff). The federation is started only when
+the first step really has to run or an output has to be fetched: a no-op build touches no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import nats.errors
+
+from artefacts.natsutil import NatsUnreachable
+from artefacts.sftp_client import PullFailure
+from artefacts.toolprobe import ToolProbe
+from majordomo.actionkey import action_key
+from majordomo.federation import Federation, FederationError
+from majordomo.graph import BuildGraph, GraphError
+from majordomo.recipes import Project, Step
+from majordomo.scan import scan, stat_entry
+from majordomo.state import State
+from protocol import subjects
+from protocol.errors import ErrorCode
+from protocol.kinds import step_tools
+from protocol.messages import (
+    ChefInfo,
+    InputRef,
+    OutputRef,
+    Pod,
+    StepRequest,
+    StepResult,
+    decoder,
+    encode,
+    headers,
+)
+
+ABSENT = "absent:"  # digest placeholder of a discovered input that no longer exists: forces a rerun
+_decode_result = decoder(StepResult)
+
+
+class BuildError(Exception):
+    """A problem that stops the build before any step runs; the message is for the user."""
+
+
+@dataclass
+class BuildOptions:
+    targets: list[str] = field(default_factory=list)
+    jobs: int = 0  # 0: as many as the chefs have slots
+    nats_url: str | None = None
+    federation: str = subjects.DEFAULT_FEDERATION
+    keep_going: bool = True
+    pod_id: str = ""
+
+
+@dataclass
+class StepOutcome:
+    step: Step
+    state: str  # "run", "cached", "failed", "skipped"
+    chef: str = ""
+    duration_s: float = 0.0
+    message: str = ""
+    log: str = ""
+
+
+@dataclass
+class BuildReport:
+    ok: bool = True
+    steps_run: int = 0
+    steps_cached: int = 0
+    steps_failed: int = 0
+    steps_skipped: int = 0
+    chefs: dict[str, int] = field(default_factory=dict)
+    files_pulled: int = 0
+    bytes_pulled: int = 0
+    duration_s: float = 0.0
+    failures: list[StepOutcome] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        """The stable `--json` summary (documented in docs/cli.md)."""
+        return {
+            "ok": self.ok, "steps_run": self.steps_run, "steps_cached": self.steps_cached,
+            "steps_failed": self.steps_failed, "steps_skipped": self.steps_skipped,
+            "chefs": [{"id": c, "steps": n} for c, n in sorted(self.chefs.items())],
+            "files_pulled": self.files_pulled, "bytes_pulled": self.bytes_pulled,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+Listener = Callable[[StepOutcome, int, int], None]
+
+
+class Build:
+    def __init__(self, project: Project, state: State, options: BuildOptions, on_step: Listener | None = None) -> None:
+        self.project = project
+        self.root = project.root
+        self.state = state
+        self.options = options
+        self.on_step = on_step or (lambda *_: None)
+        self.build_id = uuid.uuid4().hex[:12]
+        self.pod_id = options.pod_id or f"majordomo-{uuid.uuid5(uuid.NAMESPACE_URL, str(self.root)).hex[:8]}"
+        self.report = BuildReport()
+        self.digests: dict[str, str] = {}  # artefact path -> digest, as known in this build
+        self.sizes: dict[str, int] = {}
+        self._fed: Federation | None = None
+        self._fed_lock = asyncio.Lock()
+        self._chefs: list[ChefInfo] = []
+        self._load: dict[str, int] = {}
+        self._jobs: asyncio.Semaphore | None = None
+        self._probe = ToolProbe(state.dir / "tools.json")
+        self._served: dict[str, Path] = {}  # digest -> workspace file this pod serves
+        self._regenerating: dict[str, asyncio.Task[None]] = {}
+        self._done = 0
+
+    # -- entry point ------------------------------------------------------------------------------
+
+    async def run(self) -> BuildReport:
+        started = time.monotonic()
+        try:
+            graph = BuildGraph(self.project, self.state.load_steps())
+            order = graph.order(graph.select(self.options.targets))
+        except GraphError as exc:
+            raise BuildError(str(exc)) from None
+        self.graph = graph
+        self.total = len(order)
+        await self._scan_sources(graph, order)
+        try:
+            await self._execute(order)
+        finally:
+            self._probe.save()
+            if self._fed:
+                self.report.files_pulled += self._fed.puller.files_pulled if self._fed.puller else 0
+                self.report.bytes_pulled += self._fed.puller.bytes_pulled if self._fed.puller else 0
+                await self._fed.stop()
+        self.report.duration_s = time.monotonic() - started
+        self.report.ok = self.report.steps_failed == 0 and self.report.steps_skipped == 0
+        await self.state.run(lambda: self.state.record_build(
+            self.build_id, time.time() - self.report.duration_s, self.report.duration_s, self.report.ok,
+            self.report.steps_run, self.report.steps_cached, self.report.steps_failed))
+        return self.report
+
+    async def _scan_sources(self, graph: BuildGraph, order: list[Step]) -> None:
+        paths = graph.sources_of(order)
+        result = await scan(self.root, paths, self.state.load_stat_cache())
+        if result.updates:
+            await self.state.run(lambda: self.state.save_stat_entries(result.updates))
+        declared_missing = [p for p in result.missing if graph.is_declared_source(p, order)]
+        if declared_missing:
+            users = graph.users_of(declared_missing[0], order)
+            raise BuildError(f"missing input file {declared_missing[0]} (needed by {', '.join(users[:3])})")
+        for rel in result.missing:
+            self.digests[rel] = ABSENT
+        self.digests.update(result.digests)
+        self.sizes.update(result.sizes)
+        for rel, digest in result.digests.items():
+            self._served[digest] = self.root / rel
+
+    # -- walking the graph ------------------------------------------------------------------------
+
+    async def _execute(self, order: list[Step]) -> None:
+        futures: dict[str, asyncio.Future[bool]] = {}
+        loop = asyncio.get_running_loop()
+        for step in order:
+            futures[step.id] = loop.create_future()
+
+        async def settle(step: Step) -> None:
+            deps = self.graph.deps(step)
+            oks = [await futures[d.id] for d in deps]
+            if not all(oks):
+                futures[step.id].set_result(False)
+                self._finish(StepOutcome(step, "skipped", message="a step it needs failed"))
+                return
+            try:
+                ok = await self._settle_step(step)
+            except BuildError:
+                raise
+            except Exception as exc:  # a fault on our side fails this step, not the whole run silently
+                self._finish(StepOutcome(step, "failed", message=f"internal error: {exc!r}"))
+                ok = False
+            futures[step.id].set_result(ok)
+
+        # Fast path: steps whose dependencies are settled and whose key is cached never need a task.
+        pending: list[Step] = []
+        for step in order:
+            deps = self.graph.deps(step)
+            if all(futures[d.id].done() and futures[d.id].result() for d in deps) and not pending_dep(
+                step, deps, futures
+            ):
+                if self._try_cached(step):
+                    futures[step.id].set_result(True)
+                    continue
+            pending.append(step)
+        if pending:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for step in pending:
+                        group.create_task(settle(step))
+            except* BuildError as errors:  # the federation could not be reached: stop everything
+                raise errors.exceptions[0] from None
+
+    def _inputs_of(self, step: Step) -> dict[str, str]:
+        recorded = self.graph.discovered(step)
+        paths = [*step.inputs, *recorded]
+        return {p: self.digests.get(p, ABSENT) for p in paths}
+
+    def _key(self, step: Step, inputs: dict[str, str], toolchain: dict[str, str]) -> str:
+        return action_key(kind=step.kind, command=step.command, env=step.env, toolchain=toolchain,
+                          inputs=inputs, outputs=step.outputs)
+
+    def _local_toolchain(self, step: Step) -> dict[str, str] | None:
+        """Tool identities without the federation (the embedded chefs run on this machine)."""
+        if self.options.nats_url is not None:
+            return None
+        found: dict[str, str] = {}
+        for tool in step_tools(step.kind, step.command, step.tools):
+            ident = self._probe.cached_identity(tool)
+            if ident is None:
+                return None
+            found[tool] = ident
+        return found
+
+    def _try_cached(self, step: Step) -> bool:
+        """Synchronous cache check for the no-op fast path; False means 'decide asynchronously'."""
+        toolchain = self._local_toolchain(step)
+        if toolchain is None:
+            return False
+        inputs = self._inputs_of(step)
+        key = self._key(step, inputs, toolchain)
+        outputs = self.state.result(key)
+        if outputs is None or not self._materialized(step, outputs):
+            return False
+        self._accept_cached(step, outputs)
+        return True
+
+    async def _settle_step(self, step: Step) -> bool:
+        toolchain = await self._toolchain(step)
+        if toolchain is None:
+            self._finish(StepOutcome(step, "failed", message=self._no_chef_message(step)))
+            return False
+        inputs = self._inputs_of(step)
+        key = self._key(step, inputs, toolchain)
+        outputs = self.state.result(key)
+        if outputs is not None:
+            if not self._materialized(step, outputs) and not await self._materialize(step, outputs, None):
+                outputs = None  # no one holds the bytes any more: run it again
+            else:
+                self._accept_cached(step, outputs)
+                return True
+        return await self._run_step(step, key, inputs, toolchain)
+
+    def _accept_cached(self, step: Step, outputs: list[OutputRef]) -> None:
+        for out in outputs:
+            self.digests[out.path] = out.digest
+            self.sizes[out.path] = out.size
+        self._finish(StepOutcome(step, "cached"))
+
+    # -- running a step on a chef -----------------------------------------------------------------
+
+    async def _run_step(self, step: Step, key: str, inputs: dict[str, str], toolchain: dict[str, str],
+                        attempt: int = 1) -> bool:
+        fed = await self._federation()
+        assert self._jobs
+        async with self._jobs:
+            await self._ensure_available(step, inputs)
+            chef = self._place(step, inputs, toolchain)
+            if chef is None:
+                self._finish(StepOutcome(step, "failed", message=self._no_chef_message(step)))
+                return False
+            request = StepRequest(
+                step_id=step.id, action_key=key, kind=step.kind, command=step.command,
+                inputs=self._input_refs(inputs, chef.id), outputs=list(step.outputs), pods=self._pods(),
+                env=dict(step.env), tools=list(step_tools(step.kind, step.command, step.tools)),
+                depfile=step.depfile, recorder=step.recorder, timeout_s=step.timeout_s,
+                build_id=self.build_id, attempt=attempt,
+            )
+            self._load[chef.id] = self._load.get(chef.id, 0) + 1
+            try:
+                assert fed.nc
+                reply = await fed.nc.request(subjects.chef_run(self.options.federation, chef.id), encode(request),
+                                             timeout=step.timeout_s + 60, headers=headers())
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+                self._finish(StepOutcome(step, "failed", chef=chef.id,
+                                         message=f"chef {chef.id} did not answer: {type(exc).__name__}"))
+                return False
+            finally:
+                self._load[chef.id] -= 1
+        try:
+            result = _decode_result.decode(reply.data)
+        except msgspec.DecodeError:
+            self._finish(StepOutcome(step, "failed", chef=chef.id, message=f"chef {chef.id}: {reply.data[:200]!r}"))
+            return False
+        self.report.files_pulled += result.files_pulled
+        self.report.bytes_pulled += result.bytes_pulled
+        if result.code == ErrorCode.INPUT_UNAVAILABLE and attempt < 3:
+            # An owner lost the bytes: forget it as owner and try again (a producer may rerun).
+            for path, digest in inputs.items():
+                for pod in self.state.owners([digest]).get(digest, set()):
+                    if pod != self.pod_id and not self._pod_claims(pod, digest):
+                        await self.state.run(lambda d=digest, p=pod: self.state.drop_owner(d, p))
+                del path
+            return await self._run_step(step, key, inputs, toolchain, attempt + 1)
+        if not result.ok:
+            await self.state.run(lambda: self.state.record_failure(step.id, key, chef.id, result.log))
+            self._finish(StepOutcome(step, "failed", chef=chef.id, duration_s=result.duration_s,
+                                     message=result.message, log=result.log))
+            return False
+        return await self._accept_result(step, key, inputs, toolchain, result)
+
+    async def _accept_result(self, step: Step, key: str, inputs: dict[str, str], toolchain: dict[str, str],
+                             result: StepResult) -> bool:
+        discovered = self.graph.accept_discovered(step, result.discovered)
+        if discovered:
+            await self._scan_extra(discovered)
+        # Record under the key of what the step actually read, so the next run finds it.
+        final_inputs = {p: self.digests.get(p, ABSENT) for p in (*step.inputs, *discovered)}
+        final_key = self._key(step, final_inputs, toolchain) if discovered or final_inputs != inputs else key
+        await self.state.run(lambda: self.state.record_result(
+            step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log))
+        for out in result.outputs:
+            self.digests[out.path] = out.digest
+            self.sizes[out.path] = out.size
+        if not await self._materialize(step, list(result.outputs), result.chef_id):
+            self._finish(StepOutcome(step, "failed", chef=result.chef_id,
+                                     message=f"could not fetch the outputs of {step.id} from {result.chef_id}"))
+            return False
+        self.report.chefs[result.chef_id] = self.report.chefs.get(result.chef_id, 0) + 1
+        self._finish(StepOutcome(step, "run", chef=result.chef_id, duration_s=result.duration_s, log=result.log))
+        return True
+
+    async def _scan_extra(self, paths: list[str]) -> None:
+        unknown = [p for p in paths if p not in self.digests]
+        if not unknown:
+            return
+        result = await scan(self.root, unknown, self.state.load_stat_cache())
+        if result.updates:
+            await self.state.run(lambda: self.state.save_stat_entries(result.updates))
+        self.digests.update(result.digests)
+        self.sizes.update(result.sizes)
+        for rel in result.missing:
+            self.digests[rel] = ABSENT
+        for rel, digest in result.digests.items():
+            self._served[digest] = self.root / rel
+
+    # -- outputs in the workspace -----------------------------------------------------------------
+
+    def _materialized(self, step: Step, outputs: list[OutputRef]) -> bool:
+        """Do the outputs this build must leave in the workspace already hold the right bytes?"""
+        for out in outputs:
+            if not self.graph.is_final(out.path):
+                continue
+            if not self._workspace_has(out):
+                return False
+            self._served[out.digest] = self.root / out.path
+        return True
+
+    def _stat_cache(self):  # type: ignore[no-untyped-def]
+        if not hasattr(self, "_stat_cache_snapshot"):
+            self._stat_cache_snapshot = self.state.load_stat_cache()
+        return self._stat_cache_snapshot
+
+    async def _materialize(self, step: Step, outputs: list[OutputRef], producer: str | None) -> bool:
+        """Fetch final outputs into the workspace atomically (temp file + rename)."""
+        wanted = [o for o in outputs if self.graph.is_final(o.path)]
+        if not wanted:
+            return True
+        fed = await self._federation()
+        assert fed.puller
+        for out in wanted:
+            dest = self.root / out.path
+            if self._workspace_has(out):
+                continue
+            owners = [producer] if producer else []
+            owners += [p for p in self._live_owners(out.digest) if p not in owners and p != self.pod_id]
+            endpoints = [c.sftp for o in owners for c in self._chefs if c.id == o]
+            if not endpoints:
+                return False
+            try:
+                await fed.puller.fetch_to(out.digest, out.size, endpoints, dest)
+            except PullFailure:
+                return False
+            st = os.stat(dest)
+            await self.state.run(lambda o=out, s=st: self.state.record_produced(
+                o.path, o.digest, step.id, stat_entry(s, o.digest)))
+            await self.state.run(lambda o=out: self.state.add_owner(o.digest, self.pod_id, o.size))
+            self._served[out.digest] = dest
+        return True
+
+    def _workspace_has(self, out: OutputRef) -> bool:
+        entry = self._stat_cache().get(out.path)
+        try:
+            st = os.stat(self.root / out.path)
+        except FileNotFoundError:
+            return False
+        return entry is not None and entry.digest == out.digest and (
+            entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+    # -- federation, placement, ownership ---------------------------------------------------------
+
+    async def _federation(self) -> Federation:
+        async with self._fed_lock:
+            if self._fed is None:
+                fed = Federation(self.root, self.pod_id, self.options.nats_url, self.options.federation,
+                                 resolve=self._resolve)
+                try:
+                    await fed.start()
+                    self._chefs = await fed.chefs()
+                    if not self._chefs:
+                        raise FederationError(f"no chefs are registered in federation {self.options.federation!r}")
+                except (NatsUnreachable, FederationError) as exc:
+                    await fed.stop()
+                    raise BuildError(str(exc)) from None
+                except BaseException:
+                    await fed.stop()
+                    raise
+                self._fed = fed
+                slots = sum(c.slots for c in self._chefs)
+                self._jobs = asyncio.Semaphore(self.options.jobs or max(1, slots))
+            return self._fed
+
+    def _resolve(self, digest: str) -> Path | None:
+        """What our SFTP server serves: sources and fetched outputs, by digest."""
+        return self._served.get(digest)
+
+    async def _toolchain(self, step: Step) -> dict[str, str] | None:
+        tools = step_tools(step.kind, step.command, step.tools)
+        if self.options.nats_url is None:
+            found = await self._probe.identities(list(tools))
+            return found if len(found) == len(tools) else None
+        await self._federation()
+        for chef in sorted(self._chefs, key=lambda c: c.id):
+            if step.kind in chef.kinds and all(t in chef.tools for t in tools):
+                return {t: chef.tools[t] for t in tools}
+        return None
+
+    def _no_chef_message(self, step: Step) -> str:
+        tools = step_tools(step.kind, step.command, step.tools)
+        if self.options.nats_url is None:
+            missing = [t for t in tools if shutil.which(t) is None]
+            if missing:
+                return f"no chef has tool {', '.join(missing)} needed by {step.id} ({step.origin})"
+        return f"no chef can cook {step.id}: kind {step.kind!r} with tools {', '.join(tools)}"
+
+    def _place(self, step: Step, inputs: dict[str, str], toolchain: dict[str, str]) -> ChefInfo | None:
+        """Capable chefs first; then the one owning the most input bytes; then the least loaded."""
+        capable = [c for c in self._chefs
+                   if step.kind in c.kinds and all(c.tools.get(t) == v for t, v in toolchain.items())]
+        if not capable:
+            return None
+        owners = self.state.owners(set(inputs.values()))
+        def score(chef: ChefInfo) -> tuple[int, float, str]:
+            owned = sum(self.sizes.get(p, 0) for p, d in inputs.items() if chef.id in owners.get(d, ()))
+            return (-owned, self._load.get(chef.id, 0) / max(1, chef.slots), chef.id)
+        return min(capable, key=score)
+
+    def _live_owners(self, digest: str) -> list[str]:
+        live = {c.id for c in self._chefs}
+        owners = [p for p in sorted(self.state.owners([digest]).get(digest, set())) if p in live]
+        if digest in self._served:
+            owners.append(self.pod_id)
+        return owners
+
+    def _pod_claims(self, pod: str, digest: str) -> bool:
+        return pod == self.pod_id and digest in self._served
+
+    def _input_refs(self, inputs: dict[str, str], chef_id: str) -> list[InputRef]:
+        refs = []
+        for path, digest in sorted(inputs.items()):
+            if digest == ABSENT:
+                continue  # a discovered input that is gone: the step runs without it
+            owners = self._live_owners(digest)
+            owners.sort(key=lambda o: o != chef_id)
+            refs.append(InputRef(path=path, digest=digest, size=self.sizes.get(path, 0), owners=owners))
+        return refs
+
+    def _pods(self) -> list[Pod]:
+        pods = [Pod(id=c.id, sftp=c.sftp) for c in self._chefs]
+        if self._fed and self._fed.pod:
+            pods.append(self._fed.pod)
+        return pods
+
+    async def _ensure_available(self, step: Step, inputs: dict[str, str]) -> None:
+        """An input nobody live holds is made again by its producer before the step is sent."""
+        for path, digest in inputs.items():
+            if digest == ABSENT or self._live_owners(digest):
+                continue
+            producer = self.graph.producer(path)
+            if producer is None:
+                continue  # a source: our pod serves it (it is in _served once scanned)
+            task = self._regenerating.get(digest)
+            if task is None:
+                task = asyncio.create_task(self._regenerate(producer))
+                self._regenerating[digest] = task
+            await task
+
+    async def _regenerate(self, step: Step) -> None:
+        toolchain = await self._toolchain(step)
+        if toolchain is None:
+            return
+        inputs = self._inputs_of(step)
+        key = self._key(step, inputs, toolchain)
+        assert self._jobs
+        self._jobs.release()  # the waiting consumer holds a slot; let the producer use one
+        try:
+            await self._run_step(step, key, inputs, toolchain)
+        finally:
+            await self._jobs.acquire()
+
+    # -- progress ---------------------------------------------------------------------------------
+
+    def _finish(self, outcome: StepOutcome) -> None:
+        self._done += 1
+        r = self.report
+        if outcome.state == "run":
+            r.steps_run += 1
+        elif outcome.state == "cached":
+            r.steps_cached += 1
+        elif outcome.state == "failed":
+            r.steps_failed += 1
+            r.failures.append(outcome)
+        else:
+            r.steps_skipped += 1
+        self.on_step(outcome, self._done, self.total)
+
+
+def pending_dep(step: Step, deps: list[Step], futures: dict[str, asyncio.Future[bool]]) -> bool:
+    return any(not futures[d.id].done() for d in deps)

@@ -1,0 +1,181 @@
+"""Joining a federation: connect to NATS (or start the embedded one with local chefs), list the chefs,
+and run the MajorDomo's own pod (an SFTP server for sources, a puller for final outputs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import nats.js.errors
+from nats.aio.client import Client as NATS
+
+from artefacts.keys import load_or_create_key, public_key_line
+from artefacts.natsutil import EmbeddedNats, connect, kv_bucket
+from artefacts.sftp_client import Puller
+from artefacts.sftp_server import ArtefactServer
+from artefacts.store import Store
+from protocol import subjects
+from protocol.kinds import KNOWN_KINDS
+from protocol.messages import ChefInfo, Pod, SftpEndpoint, decoder
+
+EMBEDDED_CHEFS = 2
+CHEF_START_TIMEOUT_S = 30.0
+_decode_chef = decoder(ChefInfo)
+
+
+class FederationError(Exception):
+    """The federation could not be joined or started; the message is for the user."""
+
+
+class LocalChefs:
+    """Chef processes the embedded federation starts on this machine, and stops afterwards."""
+
+    def __init__(self, state_dir: Path, nats_url: str, key: Path, authorized: Path) -> None:
+        self.state_dir = state_dir
+        self.nats_url = nats_url
+        self.key = key
+        self.authorized = authorized
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self, count: int) -> list[str]:
+        slots = max(1, os.cpu_count() or 1)
+        ids = [f"local-{n}" for n in range(1, count + 1)]
+        for chef_id in ids:
+            home = self.state_dir / "chefs" / chef_id
+            home.mkdir(parents=True, exist_ok=True)
+            log = open(home / "chef.log", "ab")
+            argv = [sys.executable, "-m", "chefs.cli", "--nats", self.nats_url, "--id", chef_id,
+                    "--home", str(home), "--key", str(self.key), "--authorized-keys", str(self.authorized),
+                    "--slots", str(slots)]
+            for kind in KNOWN_KINDS:
+                argv += ["--kind", kind]
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
+                start_new_session=True,  # Ctrl-C reaches only us; we stop the chefs in order
+            )
+            log.close()
+            self.procs.append(proc)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(self._ready(p, i) for p, i in zip(self.procs, ids, strict=True))),
+                                   CHEF_START_TIMEOUT_S)
+        except TimeoutError:
+            raise FederationError(f"local chefs did not start within {CHEF_START_TIMEOUT_S:g}s; "
+                                  f"see {self.state_dir / 'chefs'}/*/chef.log") from None
+        return ids
+
+    async def _ready(self, proc: asyncio.subprocess.Process, chef_id: str) -> None:
+        assert proc.stdout
+        line = await proc.stdout.readline()
+        if b"ready" not in line:
+            await proc.wait()
+            log = self.state_dir / "chefs" / chef_id / "chef.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            raise FederationError(f"local chef {chef_id} failed to start: {' '.join(tail)}")
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        self.procs.clear()
+
+
+class Federation:
+    """A connection to a federation, embedded or external, plus this MajorDomo's pod."""
+
+    def __init__(self, project_root: Path, pod_id: str, nats_url: str | None,
+                 federation: str = subjects.DEFAULT_FEDERATION,
+                 resolve: Callable[[str], Path | None] | None = None,
+                 sftp_listen: tuple[str, int] = ("127.0.0.1", 0), advertise_host: str = "") -> None:
+        self.root = project_root
+        self.state_dir = project_root / ".majordomo"
+        self.pod_id = pod_id
+        self.nats_url = nats_url
+        self.federation = federation
+        self.resolve = resolve or (lambda _d: None)
+        self.sftp_listen = sftp_listen
+        self.advertise_host = advertise_host
+        self.nc: NATS | None = None
+        self.embedded: EmbeddedNats | None = None
+        self.local_chefs: LocalChefs | None = None
+        self.sftp: ArtefactServer | None = None
+        self.puller: Puller | None = None
+        self.pod: Pod | None = None
+        self._chefs_kv = None
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.nats_url is None
+
+    async def start(self) -> None:
+        keys = self.state_dir / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        fed_key = await asyncio.to_thread(load_or_create_key, keys / "federation")
+        host_key = await asyncio.to_thread(load_or_create_key, keys / "host")
+        authorized = keys / "federation.pub"
+        extra = os.environ.get("MAJORDOMO_AUTHORIZED_KEYS")
+        lines = [public_key_line(fed_key)]
+        if extra and Path(extra).exists():
+            lines += [ln.strip() for ln in Path(extra).read_text().splitlines() if ln.strip()]
+        self.sftp = ArtefactServer(self.resolve, host_key, lines)
+        host, _port = await self.sftp.start(*self.sftp_listen)
+        self.pod = Pod(id=self.pod_id, sftp=self.sftp.endpoint(self.advertise_host or host))
+        # Final outputs are fetched straight into the workspace; the store only holds temp files.
+        self.puller = Puller(fed_key, Store(self.state_dir / "store"))
+        url = self.nats_url
+        if url is None:
+            run_dir = self.state_dir / "run"
+            shutil.rmtree(run_dir, ignore_errors=True)  # a killed run's server state is not reused
+            self.embedded = EmbeddedNats(run_dir / "nats")
+            url = await self.embedded.start()
+        self.nc = await connect(url, f"majordomo:{self.pod_id}")
+        self._chefs_kv = await kv_bucket(self.nc, subjects.chefs_bucket(self.federation), ttl=10.0)
+        if self.embedded:
+            self.local_chefs = LocalChefs(self.state_dir, url, keys / "federation", authorized)
+            await self.local_chefs.start(EMBEDDED_CHEFS)
+
+    async def chefs(self) -> list[ChefInfo]:
+        """The chefs registered now (their registry entries expire when heartbeats stop)."""
+        assert self._chefs_kv
+        try:
+            keys = await self._chefs_kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        found: list[ChefInfo] = []
+        for key in keys:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError, msgspec.DecodeError):
+                entry = await self._chefs_kv.get(key)
+                if entry.value:
+                    found.append(_decode_chef.decode(entry.value))
+        return found
+
+    async def stop(self) -> None:
+        if self.local_chefs:
+            await self.local_chefs.stop()
+        if self.nc:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.embedded:
+            await self.embedded.stop()
+        if self.puller:
+            await self.puller.close()
+        if self.sftp:
+            await self.sftp.stop()
+
+
+def endpoint_of(chef: ChefInfo) -> SftpEndpoint:
+    return chef.sftp

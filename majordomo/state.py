@@ -1,0 +1,196 @@
+"""The MajorDomo's state in `.majordomo/state.db` (SQLite, WAL): it survives a crash mid-build.
+
+Every result is committed in its own transaction the moment it arrives, so a killed build keeps
+the steps it finished. One connection, used from one worker thread so disk waits never block the
+event loop; start-up reads are bulk and synchronous (before there is anything else to do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from protocol.messages import OutputRef
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS stat_cache(
+    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ino INTEGER, ctime_ns INTEGER, digest TEXT);
+CREATE TABLE IF NOT EXISTS results(
+    action_key TEXT PRIMARY KEY, step_id TEXT, outputs BLOB, chef_id TEXT, duration_s REAL, at REAL);
+CREATE TABLE IF NOT EXISTS steps(
+    step_id TEXT PRIMARY KEY, action_key TEXT, discovered BLOB, at REAL);
+CREATE TABLE IF NOT EXISTS owners(digest TEXT, pod TEXT, size INTEGER, PRIMARY KEY(digest, pod));
+CREATE TABLE IF NOT EXISTS produced(path TEXT PRIMARY KEY, digest TEXT, step_id TEXT);
+CREATE TABLE IF NOT EXISTS logs(step_id TEXT PRIMARY KEY, action_key TEXT, ok INTEGER, chef_id TEXT, log TEXT, at REAL);
+CREATE TABLE IF NOT EXISTS builds(
+    id TEXT PRIMARY KEY, started REAL, duration_s REAL, ok INTEGER,
+    steps_run INTEGER, steps_cached INTEGER, steps_failed INTEGER);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StatEntry:
+    size: int
+    mtime_ns: int
+    ino: int
+    ctime_ns: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    action_key: str
+    discovered: tuple[str, ...]
+
+
+_outputs_enc = msgspec.msgpack.Encoder()
+_outputs_dec = msgspec.msgpack.Decoder(list[OutputRef])
+_paths_dec = msgspec.msgpack.Decoder(list[str])
+
+
+class StateError(Exception):
+    """The state database is unusable (another version, or corrupt)."""
+
+
+class State:
+    def __init__(self, project_root: Path) -> None:
+        self.dir = project_root / ".majordomo"
+        self.dir.mkdir(exist_ok=True)
+        self.path = self.dir / "state.db"
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path}: state schema {row[0]} is not {SCHEMA_VERSION}; delete .majordomo/ to rebuild")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+        self._db.close()
+
+    # -- bulk reads at start ----------------------------------------------------------------------
+
+    def load_stat_cache(self) -> dict[str, StatEntry]:
+        rows = self._db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM stat_cache")
+        return {r[0]: StatEntry(r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
+    def load_steps(self) -> dict[str, StepRecord]:
+        rows = self._db.execute("SELECT step_id, action_key, discovered FROM steps")
+        return {r[0]: StepRecord(r[1], tuple(_paths_dec.decode(r[2])) if r[2] else ()) for r in rows}
+
+    def result(self, action_key: str) -> list[OutputRef] | None:
+        row = self._db.execute("SELECT outputs FROM results WHERE action_key=?", (action_key,)).fetchone()
+        return _outputs_dec.decode(row[0]) if row else None
+
+    def load_produced(self) -> dict[str, tuple[str, str]]:
+        return {r[0]: (r[1], r[2]) for r in self._db.execute("SELECT path, digest, step_id FROM produced")}
+
+    def owners(self, digests: Iterable[str]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for d in digests:
+            for (pod,) in self._db.execute("SELECT pod FROM owners WHERE digest=?", (d,)):
+                out.setdefault(d, set()).add(pod)
+        return out
+
+    def step_log(self, step_id: str) -> tuple[str, bool, str, float] | None:
+        row = self._db.execute("SELECT log, ok, chef_id, at FROM logs WHERE step_id=?", (step_id,)).fetchone()
+        return (row[0], bool(row[1]), row[2], row[3]) if row else None
+
+    # -- writes (call through `run`, or directly when no loop is involved) ------------------------
+
+    def save_stat_entries(self, entries: Iterable[tuple[str, StatEntry]]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO stat_cache VALUES(?,?,?,?,?,?)",
+                [(p, e.size, e.mtime_ns, e.ino, e.ctime_ns, e.digest) for p, e in entries],
+            )
+
+    def forget_stat_entries(self, paths: Iterable[str]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM stat_cache WHERE path=?", [(p,) for p in paths])
+
+    def record_result(
+        self, step_id: str, action_key: str, outputs: list[OutputRef], discovered: list[str],
+        chef_id: str, duration_s: float, log: str,
+    ) -> None:
+        """One transaction: the result, the step's last key and discoveries, ownership, the log."""
+        now = time.time()
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO results VALUES(?,?,?,?,?,?)",
+                (action_key, step_id, _outputs_enc.encode(outputs), chef_id, duration_s, now),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO steps VALUES(?,?,?,?)",
+                (step_id, action_key, _outputs_enc.encode(discovered), now),
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO owners VALUES(?,?,?)", [(o.digest, chef_id, o.size) for o in outputs]
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO logs VALUES(?,?,?,?,?,?)", (step_id, action_key, 1, chef_id, log, now))
+
+    def record_failure(self, step_id: str, action_key: str, chef_id: str, log: str) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO logs VALUES(?,?,?,?,?,?)", (step_id, action_key, 0, chef_id, log, time.time())
+            )
+
+    def record_cached(self, step_id: str, action_key: str, discovered: tuple[str, ...]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO steps VALUES(?,?,?,?)",
+                (step_id, action_key, _outputs_enc.encode(list(discovered)), time.time()),
+            )
+
+    def add_owner(self, digest: str, pod: str, size: int) -> None:
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO owners VALUES(?,?,?)", (digest, pod, size))
+
+    def drop_owner(self, digest: str, pod: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM owners WHERE digest=? AND pod=?", (digest, pod))
+
+    def record_produced(self, path: str, digest: str, step_id: str, stat: StatEntry) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT OR REPLACE INTO produced VALUES(?,?,?)", (path, digest, step_id))
+            self._db.execute(
+                "INSERT OR REPLACE INTO stat_cache VALUES(?,?,?,?,?,?)",
+                (path, stat.size, stat.mtime_ns, stat.ino, stat.ctime_ns, stat.digest),
+            )
+
+    def forget_produced(self, path: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM produced WHERE path=?", (path,))
+
+    def record_build(self, build_id: str, started: float, duration_s: float, ok: bool,
+                     run: int, cached: int, failed: int) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO builds VALUES(?,?,?,?,?,?,?)",
+                             (build_id, started, duration_s, int(ok), run, cached, failed))
