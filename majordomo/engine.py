@@ -400,8 +400,9 @@ class Build:
             st = os.stat(self.root / out.path)
         except FileNotFoundError:
             return False
+        now = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         return entry is not None and entry.digest == out.digest and (
-            entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+            entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns) == now
 
     # -- federation, placement, ownership ---------------------------------------------------------
 

@@ -50,7 +50,7 @@ class LocalChefs:
         for chef_id in ids:
             home = self.state_dir / "chefs" / chef_id
             home.mkdir(parents=True, exist_ok=True)
-            log = open(home / "chef.log", "ab")
+            log = open(home / "chef.log", "ab")  # noqa: ASYNC230 - only handed to the child
             argv = [sys.executable, "-m", "chefs.cli", "--nats", self.nats_url, "--id", chef_id,
                     "--home", str(home), "--key", str(self.key), "--authorized-keys", str(self.authorized),
                     "--slots", str(slots)]
@@ -124,9 +124,12 @@ class Federation:
     async def start(self) -> None:
         keys = self.state_dir / "keys"
         keys.mkdir(parents=True, exist_ok=True)
-        fed_key = await asyncio.to_thread(load_or_create_key, keys / "federation")
+        # All pods of a federation pull with one federation key; an operator hands it out
+        # (MAJORDOMO_KEY), the embedded federation makes its own.
+        key_path = Path(os.environ.get("MAJORDOMO_KEY") or keys / "federation")
+        fed_key = await asyncio.to_thread(load_or_create_key, key_path)
         host_key = await asyncio.to_thread(load_or_create_key, keys / "host")
-        authorized = keys / "federation.pub"
+        authorized = key_path.with_name(key_path.name + ".pub")
         extra = os.environ.get("MAJORDOMO_AUTHORIZED_KEYS")
         lines = [public_key_line(fed_key)]
         if extra and Path(extra).exists():
@@ -145,7 +148,7 @@ class Federation:
         self.nc = await connect(url, f"majordomo:{self.pod_id}")
         self._chefs_kv = await kv_bucket(self.nc, subjects.chefs_bucket(self.federation), ttl=10.0)
         if self.embedded:
-            self.local_chefs = LocalChefs(self.state_dir, url, keys / "federation", authorized)
+            self.local_chefs = LocalChefs(self.state_dir, url, key_path, authorized)
             await self.local_chefs.start(EMBEDDED_CHEFS)
 
     async def chefs(self) -> list[ChefInfo]:

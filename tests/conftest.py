@@ -1,0 +1,123 @@
+"""Shared fixtures: real nats-server, real chef processes, and a way to run `majordomo` as a user does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def summary(self) -> dict:
+        """The `--json` summary: the last line of stdout."""
+        return json.loads(self.stdout.strip().splitlines()[-1])
+
+
+def majordomo(project: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Run:
+    proc = subprocess.run(
+        [sys.executable, "-m", "majordomo.cli", *args, "-C", str(project)] if args and args[0] != "--" else
+        [sys.executable, "-m", "majordomo.cli", *args[1:]],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def write_project(root: Path, recipe: str, files: dict[str, str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "majordomo.toml").write_text(textwrap.dedent(recipe))
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    """A real nats-server with JetStream on a free loopback port."""
+    from artefacts.natsutil import EmbeddedNats
+
+    server = EmbeddedNats(tmp_path / "nats")
+    loop = asyncio.new_event_loop()
+    url = loop.run_until_complete(server.start())
+    try:
+        yield url
+    finally:
+        loop.run_until_complete(server.stop())
+        loop.close()
+
+
+@dataclass
+class Federation:
+    url: str
+    key: Path
+    chefs: list[subprocess.Popen]
+    ids: list[str]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"MAJORDOMO_KEY": str(self.key)}
+
+
+def start_chef(url: str, home: Path, chef_id: str, key: Path, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chefs.cli", "--nats", url, "--id", chef_id, "--home", str(home),
+         "--key", str(key), "--authorized-keys", str(key) + ".pub",
+         "--kind", "shell", "--kind", "cc", *extra],
+        stdout=subprocess.PIPE, stderr=open(home.parent / f"{chef_id}.log", "wb"), text=True, cwd=REPO,
+        start_new_session=True,
+    )
+    assert proc.stdout
+    line = proc.stdout.readline()  # the chef prints one line once registered: an event, not a sleep
+    if "ready" not in line:
+        proc.wait(10)
+        raise RuntimeError(f"chef {chef_id} did not start: {(home.parent / f'{chef_id}.log').read_text()[-800:]}")
+    return proc
+
+
+def stop_procs(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def federation(nats_url: str, tmp_path: Path) -> Iterator[Federation]:
+    """An external federation: real NATS and two real chef processes with one slot each."""
+    from artefacts.keys import load_or_create_key
+
+    key = tmp_path / "fedkey" / "federation"
+    key.parent.mkdir()
+    load_or_create_key(key)
+    homes = tmp_path / "chefs"
+    homes.mkdir()
+    procs: list[subprocess.Popen] = []
+    try:
+        for chef_id in ("chef-a", "chef-b"):
+            procs.append(start_chef(nats_url, homes / chef_id, chef_id, key, "--slots", "1"))
+        yield Federation(nats_url, key, procs, ["chef-a", "chef-b"])
+    finally:
+        stop_procs(procs)
