@@ -43,8 +43,9 @@ class Cook:
         inputs = [(i.path, i.digest) for i in step.inputs]
         task = TaskDir(self.tasks_dir, step.step_id)
         try:
-            await asyncio.to_thread(task.make, self.store, inputs, step.outputs)
-            store_stat = {d: os.stat(self.store.path_for(d)) for _, d in inputs}
+            executables = frozenset(i.path for i in step.inputs if i.executable)
+            await asyncio.to_thread(task.make, self.store, inputs, step.outputs, executables)
+            store_stat = {d: os.stat(self.store.path_for(d)) for p, d in inputs if p not in executables}
             status, log, timed_out = await self._execute(step, task.path, [p for p, _ in inputs])
             if timed_out:
                 return Outcome(ErrorCode.TIMEOUT, status, log=log,
@@ -62,8 +63,10 @@ class Cook:
                 return Outcome(ErrorCode.OUTPUT_MISSING, status, log=log,
                                message=f"step {step.step_id} did not make {', '.join(missing)}")
             discovered = await asyncio.to_thread(self._discover, step, task.path)
+            modes = [os.stat(task.path / o).st_mode for o in step.outputs]
             stored = await self.store.ingest_outputs([task.path / o for o in step.outputs])
-            outputs = [OutputRef(path=o, digest=d, size=s) for o, (d, s) in zip(step.outputs, stored, strict=True)]
+            outputs = [OutputRef(path=o, digest=d, size=s, executable=bool(m & 0o111))
+                       for o, (d, s), m in zip(step.outputs, stored, modes, strict=True)]
             return Outcome(ErrorCode.OK, status, outputs=outputs, discovered=discovered, log=log)
         finally:
             await task.remove()

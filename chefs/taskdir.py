@@ -12,6 +12,7 @@ from typing import Protocol
 
 class LinkingStore(Protocol):
     def link_into(self, digest: str, dest: Path) -> None: ...
+    def path_for(self, digest: str) -> Path: ...
 
 
 class TaskDir:
@@ -21,11 +22,21 @@ class TaskDir:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in step_id)[:60]
         self.path = parent / f"{safe}-{uuid.uuid4().hex[:12]}"
 
-    def make(self, store: LinkingStore, inputs: list[tuple[str, str]], outputs: list[str]) -> None:
-        """Link each (path, digest) input in place and create the output directories."""
+    def make(self, store: LinkingStore, inputs: list[tuple[str, str]], outputs: list[str],
+             executables: frozenset[str] = frozenset()) -> None:
+        """Link each (path, digest) input in place and create the output directories.
+
+        Executables are copied with mode 0555 instead: a hardlink shares the store file's 0444
+        mode, and the store names bytes, not modes."""
         self.path.mkdir(parents=True)
         for rel, digest in inputs:
-            store.link_into(digest, self.path / rel)
+            dest = self.path / rel
+            if rel in executables:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(store.path_for(digest), dest)
+                os.chmod(dest, 0o555)
+            else:
+                store.link_into(digest, dest)
         for rel in outputs:
             (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
 

