@@ -26,15 +26,17 @@ class TaskDir:
              executables: frozenset[str] = frozenset()) -> None:
         """Link each (path, digest) input in place and create the output directories.
 
-        Executables are copied with mode 0555 instead: a hardlink shares the store file's 0444
-        mode, and the store names bytes, not modes."""
+        Copies instead of links where a link cannot serve: executables (a hardlink shares the
+        store file's 0444 mode; the store names bytes, not modes) get 0555, and an input that is
+        also an output (LaTeX rewriting its .aux in a cycle) gets a private writable copy."""
         self.path.mkdir(parents=True)
+        rewritten = set(outputs)
         for rel, digest in inputs:
             dest = self.path / rel
-            if rel in executables:
+            if rel in executables or rel in rewritten:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(store.path_for(digest), dest)
-                os.chmod(dest, 0o555)
+                os.chmod(dest, 0o555 if rel in executables else 0o644)
             else:
                 store.link_into(digest, dest)
         for rel in outputs:

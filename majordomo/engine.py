@@ -16,15 +16,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
-import nats.errors
 
-from artefacts.natsutil import NatsUnreachable
-from artefacts.sftp_client import PullFailure
 from artefacts.toolprobe import ToolProbe
 from majordomo.actionkey import action_key
-from majordomo.federation import Federation, FederationError
 from majordomo.graph import BuildGraph, GraphError
 from majordomo.recipes import Project, Step
 from majordomo.scan import scan, stat_entry
@@ -43,6 +40,9 @@ from protocol.messages import (
     encode,
     headers,
 )
+
+if TYPE_CHECKING:  # the federation stack (nats-py, asyncssh) costs ~0.3 s to import: only when needed
+    from majordomo.federation import Federation
 
 ABSENT = "absent:"  # digest placeholder of a discovered input that no longer exists: forces a rerun
 _decode_result = decoder(StepResult)
@@ -112,6 +112,8 @@ class Build:
         self.digests: dict[str, str] = {}  # artefact path -> digest, as known in this build
         self.sizes: dict[str, int] = {}
         self.executable: set[str] = set()  # artefact paths whose executable bit is set
+        self.cutoff: dict[str, str] = {}  # path -> normalised digest, where a normaliser applies
+        self._latest: dict[str, tuple[list[OutputRef], str | None]] = {}  # step id -> outputs, producer
         self._fed: Federation | None = None
         self._fed_lock = asyncio.Lock()
         self._chefs: list[ChefInfo] = []
@@ -128,14 +130,15 @@ class Build:
         started = time.monotonic()
         try:
             graph = BuildGraph(self.project, self.state.load_steps())
-            order = graph.order(graph.select(self.options.targets))
+            units = graph.units(graph.select(self.options.targets))
         except GraphError as exc:
             raise BuildError(str(exc)) from None
         self.graph = graph
+        order = [s for unit in units for s in unit]
         self.total = len(order)
         await self._scan_sources(graph, order)
         try:
-            await self._execute(order)
+            await self._execute(units)
         finally:
             self._probe.save()
             if self._fed:
@@ -168,46 +171,96 @@ class Build:
 
     # -- walking the graph ------------------------------------------------------------------------
 
-    async def _execute(self, order: list[Step]) -> None:
-        futures: dict[str, asyncio.Future[bool]] = {}
+    async def _execute(self, units: list[list[Step]]) -> None:
         loop = asyncio.get_running_loop()
-        for step in order:
-            futures[step.id] = loop.create_future()
+        futures: dict[str, asyncio.Future[bool]] = {}  # one future per unit, under each member's id
+        for unit in units:
+            future = loop.create_future()
+            for step in unit:
+                futures[step.id] = future
 
-        async def settle(step: Step) -> None:
-            deps = self.graph.deps(step)
+        def settled_ok(deps: list[Step]) -> bool:
+            return all(futures[d.id].done() and futures[d.id].result() for d in deps)
+
+        async def settle(unit: list[Step]) -> None:
+            deps = self.graph.unit_deps(unit)
             oks = [await futures[d.id] for d in deps]
+            future = futures[unit[0].id]
             if not all(oks):
-                futures[step.id].set_result(False)
-                self._finish(StepOutcome(step, "skipped", message="a step it needs failed"))
+                for step in unit:
+                    self._finish(StepOutcome(step, "skipped", message="a step it needs failed"))
+                future.set_result(False)
                 return
             try:
-                ok = await self._settle_step(step)
+                if self.graph.is_cycle(unit):
+                    ok = await self._settle_cycle(unit)
+                else:
+                    ok = await self._settle_step(unit[0])
             except BuildError:
                 raise
-            except Exception as exc:  # a fault on our side fails this step, not the whole run silently
-                self._finish(StepOutcome(step, "failed", message=f"internal error: {exc!r}"))
+            except Exception as exc:  # a fault on our side fails these steps, never silently
+                for step in unit:
+                    self._finish(StepOutcome(step, "failed", message=f"internal error: {exc!r}"))
                 ok = False
-            futures[step.id].set_result(ok)
+            future.set_result(ok)
 
-        # Fast path: steps whose dependencies are settled and whose key is cached never need a task.
-        pending: list[Step] = []
-        for step in order:
-            deps = self.graph.deps(step)
-            if all(futures[d.id].done() and futures[d.id].result() for d in deps) and not pending_dep(
-                step, deps, futures
-            ):
-                if self._try_cached(step):
-                    futures[step.id].set_result(True)
-                    continue
-            pending.append(step)
+        # Fast path: plain steps whose dependencies are settled and whose key is cached need no task.
+        pending: list[list[Step]] = []
+        for unit in units:
+            if (not self.graph.is_cycle(unit) and settled_ok(self.graph.unit_deps(unit))
+                    and self._try_cached(unit[0])):
+                futures[unit[0].id].set_result(True)
+                continue
+            pending.append(unit)
         if pending:
             try:
                 async with asyncio.TaskGroup() as group:
-                    for step in pending:
-                        group.create_task(settle(step))
+                    for unit in pending:
+                        group.create_task(settle(unit))
             except* BuildError as errors:  # the federation could not be reached: stop everything
                 raise errors.exceptions[0] from None
+
+    async def _settle_cycle(self, unit: list[Step]) -> bool:
+        """Run a cycle's steps in passes until no artefact in it changes (its fixpoint).
+
+        Each pass starts from the previous pass's artefacts; the first from the last build's
+        (or from nothing). A pass whose steps are all cached changes nothing, which is how an
+        up-to-date cycle costs no run. Outputs reach the workspace once, at the fixpoint."""
+        produced = [p for step in unit for p in step.outputs]
+        for step in unit:
+            key = self.graph.last_key(step)
+            last = self.state.result(key) if key else None
+            if last:
+                self._note_outputs([o for o in last if o.path not in self.digests])
+        max_passes = max(step.max_passes for step in unit)
+        history: dict[str, list[str]] = {p: [self.digests.get(p, ABSENT)] for p in produced}
+        for n in range(1, max_passes + 1):
+            before = {p: self._cutoff_digest(p) for p in produced}
+            for step in unit:
+                if not await self._settle_step(step, materialize=False):
+                    return False
+            after = {p: self._cutoff_digest(p) for p in produced}
+            for p in produced:
+                history[p].append(self.digests.get(p, ABSENT))
+            if after == before:
+                for step in unit:
+                    outputs, chef = self._latest[step.id]
+                    if not await self._materialize(step, outputs, chef):
+                        self._finish(StepOutcome(step, "failed", message=f"could not fetch the outputs of {step.id}"))
+                        return False
+                return True
+            if n < max_passes:
+                self.total += len(unit)
+        moving = [p for p in produced if before[p] != after[p]]
+        names = " <-> ".join(s.id for s in unit)
+        detail = "; ".join(f"{p}: " + " -> ".join(_short(d) for d in history[p][-4:]) for p in moving)
+        for step in unit:
+            self._finish(StepOutcome(step, "failed", message=(
+                f"cycle {names} did not settle in {max_passes} passes; still changing: {detail}")))
+        return False
+
+    def _cutoff_digest(self, path: str) -> str:
+        return self.cutoff.get(path) or self.digests.get(path, ABSENT)
 
     def _inputs_of(self, step: Step) -> dict[str, str]:
         recorded = self.graph.discovered(step)
@@ -245,7 +298,7 @@ class Build:
         self._accept_cached(step, outputs)
         return True
 
-    async def _settle_step(self, step: Step) -> bool:
+    async def _settle_step(self, step: Step, *, materialize: bool = True) -> bool:
         toolchain = await self._toolchain(step)
         if toolchain is None:
             self._finish(StepOutcome(step, "failed", message=self._no_chef_message(step)))
@@ -254,21 +307,23 @@ class Build:
         key = self._key(step, inputs, toolchain)
         outputs = self.state.result(key)
         if outputs is not None:
-            if not self._materialized(step, outputs) and not await self._materialize(step, outputs, None):
+            if materialize and not self._materialized(step, outputs) and not await self._materialize(
+                    step, outputs, None):
                 outputs = None  # no one holds the bytes any more: run it again
             else:
                 self._accept_cached(step, outputs)
                 return True
-        return await self._run_step(step, key, inputs, toolchain)
+        return await self._run_step(step, key, inputs, toolchain, materialize=materialize)
 
     def _accept_cached(self, step: Step, outputs: list[OutputRef]) -> None:
         self._note_outputs(outputs)
+        self._latest[step.id] = (outputs, None)
         self._finish(StepOutcome(step, "cached"))
 
     # -- running a step on a chef -----------------------------------------------------------------
 
     async def _run_step(self, step: Step, key: str, inputs: dict[str, str], toolchain: dict[str, str],
-                        attempt: int = 1) -> bool:
+                        attempt: int = 1, *, materialize: bool = True) -> bool:
         fed = await self._federation()
         assert self._jobs
         async with self._jobs:
@@ -285,6 +340,8 @@ class Build:
                 build_id=self.build_id, attempt=attempt,
             )
             self._load[chef.id] = self._load.get(chef.id, 0) + 1
+            import nats.errors
+
             try:
                 assert fed.nc
                 reply = await fed.nc.request(subjects.chef_run(self.options.federation, chef.id), encode(request),
@@ -309,16 +366,16 @@ class Build:
                     if pod != self.pod_id and not self._pod_claims(pod, digest):
                         await self.state.run(lambda d=digest, p=pod: self.state.drop_owner(d, p))
                 del path
-            return await self._run_step(step, key, inputs, toolchain, attempt + 1)
+            return await self._run_step(step, key, inputs, toolchain, attempt + 1, materialize=materialize)
         if not result.ok:
             await self.state.run(lambda: self.state.record_failure(step.id, key, chef.id, result.log))
             self._finish(StepOutcome(step, "failed", chef=chef.id, duration_s=result.duration_s,
                                      message=result.message, log=result.log))
             return False
-        return await self._accept_result(step, key, inputs, toolchain, result)
+        return await self._accept_result(step, key, inputs, toolchain, result, materialize)
 
     async def _accept_result(self, step: Step, key: str, inputs: dict[str, str], toolchain: dict[str, str],
-                             result: StepResult) -> bool:
+                             result: StepResult, materialize: bool = True) -> bool:
         discovered = self.graph.accept_discovered(step, result.discovered)
         if discovered:
             await self._scan_extra(discovered)
@@ -328,7 +385,8 @@ class Build:
         await self.state.run(lambda: self.state.record_result(
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log))
         self._note_outputs(result.outputs)
-        if not await self._materialize(step, list(result.outputs), result.chef_id):
+        self._latest[step.id] = (list(result.outputs), result.chef_id)
+        if materialize and not await self._materialize(step, list(result.outputs), result.chef_id):
             self._finish(StepOutcome(step, "failed", chef=result.chef_id,
                                      message=f"could not fetch the outputs of {step.id} from {result.chef_id}"))
             return False
@@ -379,20 +437,20 @@ class Build:
 
     async def _materialize(self, step: Step, outputs: list[OutputRef], producer: str | None) -> bool:
         """Fetch final outputs into the workspace atomically (temp file + rename)."""
-        wanted = [o for o in outputs if self.graph.is_final(o.path)]
+        wanted = [o for o in outputs if self.graph.is_final(o.path) and not self._workspace_has(o)]
         if not wanted:
             return True
         fed = await self._federation()
         assert fed.puller
         for out in wanted:
             dest = self.root / out.path
-            if self._workspace_has(out):
-                continue
             owners = [producer] if producer else []
             owners += [p for p in self._live_owners(out.digest) if p not in owners and p != self.pod_id]
             endpoints = [c.sftp for o in owners for c in self._chefs if c.id == o]
             if not endpoints:
                 return False
+            from artefacts.sftp_client import PullFailure
+
             try:
                 await fed.puller.fetch_to(out.digest, out.size, endpoints, dest)
             except PullFailure:
@@ -419,6 +477,9 @@ class Build:
     # -- federation, placement, ownership ---------------------------------------------------------
 
     async def _federation(self) -> Federation:
+        from artefacts.natsutil import NatsUnreachable
+        from majordomo.federation import Federation, FederationError
+
         async with self._fed_lock:
             if self._fed is None:
                 fed = Federation(self.root, self.pod_id, self.options.nats_url, self.options.federation,
@@ -545,5 +606,5 @@ class Build:
         self.on_step(outcome, self._done, self.total)
 
 
-def pending_dep(step: Step, deps: list[Step], futures: dict[str, asyncio.Future[bool]]) -> bool:
-    return any(not futures[d.id].done() for d in deps)
+def _short(digest: str) -> str:
+    return "absent" if digest == ABSENT else digest.split(":", 1)[-1][:12]

@@ -34,6 +34,11 @@ class BuildGraph:
     def producer(self, path: str) -> Step | None:
         return self._producer.get(path)
 
+    def last_key(self, step: Step) -> str | None:
+        """The action key of the step's last successful run, in an earlier build."""
+        record = self._records.get(step.id)
+        return record.action_key if record else None
+
     def discovered(self, step: Step) -> tuple[str, ...]:
         return self._discovered.get(step.id, ())
 
@@ -81,33 +86,82 @@ class BuildGraph:
             found = self._deps[step.id] = list(seen.values())
         return found
 
-    def order(self, roots: list[Step]) -> list[Step]:
-        """Every step the roots need, dependencies first (iterative DFS; cycles are named)."""
-        order: list[Step] = []
-        state: dict[str, int] = {}  # 1: on the stack, 2: done
-        for root in roots:
-            if state.get(root.id) == 2:
+    def closure(self, roots: list[Step]) -> list[Step]:
+        """Every step the roots need, each once."""
+        seen: dict[str, Step] = {}
+        stack = list(roots)
+        while stack:
+            step = stack.pop()
+            if step.id in seen:
                 continue
-            stack: list[tuple[Step, int]] = [(root, 0)]
-            state[root.id] = 1
-            while stack:
-                step, idx = stack[-1]
+            seen[step.id] = step
+            stack.extend(d for d in self.deps(step) if d.id not in seen)
+        return list(seen.values())
+
+    def units(self, roots: list[Step]) -> list[list[Step]]:
+        """The needed steps grouped into strongly connected components, dependencies first.
+
+        A component of one step that does not read its own output is a plain step; any other
+        component (LaTeX and BibTeX feeding each other through .aux and .bbl, or a step that
+        reads its own .aux) is a cycle, run to a fixpoint by the engine. Members keep the order
+        of the recipe file, so the step that can start from nothing is written first.
+        Tarjan's algorithm, iterative; it emits components in reverse topological order of the
+        condensation, i.e. dependencies first.
+        """
+        steps = self.closure(roots)
+        position = {s.id: n for n, s in enumerate(self.project.steps)}
+        index: dict[str, int] = {}
+        low: dict[str, int] = {}
+        on_stack: set[str] = set()
+        stack: list[Step] = []
+        out: list[list[Step]] = []
+        counter = 0
+        for root in sorted(steps, key=lambda s: position[s.id]):
+            if root.id in index:
+                continue
+            work: list[tuple[Step, int]] = [(root, 0)]
+            while work:
+                step, i = work[-1]
+                if i == 0:
+                    index[step.id] = low[step.id] = counter
+                    counter += 1
+                    stack.append(step)
+                    on_stack.add(step.id)
                 deps = self.deps(step)
-                if idx < len(deps):
-                    stack[-1] = (step, idx + 1)
-                    dep = deps[idx]
-                    mark = state.get(dep.id)
-                    if mark == 1:
-                        cycle = [s.id for s, _ in stack[[s.id for s, _ in stack].index(dep.id):]]
-                        raise GraphError("dependency cycle: " + " -> ".join([*cycle, dep.id]))
-                    if mark is None:
-                        state[dep.id] = 1
-                        stack.append((dep, 0))
-                else:
-                    stack.pop()
-                    state[step.id] = 2
-                    order.append(step)
-        return order
+                if i < len(deps):
+                    work[-1] = (step, i + 1)
+                    dep = deps[i]
+                    if dep.id not in index:
+                        work.append((dep, 0))
+                    elif dep.id in on_stack:
+                        low[step.id] = min(low[step.id], index[dep.id])
+                    continue
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent.id] = min(low[parent.id], low[step.id])
+                if low[step.id] == index[step.id]:
+                    component: list[Step] = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member.id)
+                        component.append(member)
+                        if member.id == step.id:
+                            break
+                    out.append(sorted(component, key=lambda s: position[s.id]))
+        return out
+
+    def is_cycle(self, unit: list[Step]) -> bool:
+        return len(unit) > 1 or bool(set(unit[0].inputs) & set(unit[0].outputs))
+
+    def unit_deps(self, unit: list[Step]) -> list[Step]:
+        members = {s.id for s in unit}
+        seen: dict[str, Step] = {}
+        for step in unit:
+            for dep in self.deps(step):
+                if dep.id not in members:
+                    seen.setdefault(dep.id, dep)
+        return list(seen.values())
 
     def sources_of(self, steps: list[Step]) -> list[str]:
         """Files the steps read that no step makes (declared and discovered)."""
