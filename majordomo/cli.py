@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     b.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     b.add_argument("-v", "--verbose", action="store_true", help="also print cached steps and commands")
+    ex = sub.add_parser("explain", help="say why each step would run, or that it is up to date")
+    ex.add_argument("targets", nargs="*", metavar="TARGET")
+    ex.add_argument("-C", dest="directory", type=Path, default=Path("."))
+    ex.add_argument("-f", "--file", default="majordomo.toml")
+    ex.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
     lg = sub.add_parser("log", help="show the stored output of a step's last run")
     lg.add_argument("step", help="step id, e.g. compile[main]")
     lg.add_argument("-C", dest="directory", type=Path, default=Path("."))
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             return _build(args)
         if args.command == "log":
             return _log(args)
+        if args.command == "explain":
+            return _explain(args)
     except UserError as exc:
         print(f"majordomo: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -130,6 +137,29 @@ async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[
         if isinstance(exc, NatsUnreachable | FederationError):
             raise UserError(str(exc)) from None
         raise
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from majordomo.engine import Build, BuildError, BuildOptions
+    from majordomo.explain import explain
+    from majordomo.state import State
+
+    project = _load(args)
+    state = State(project.root)
+    try:
+        build = Build(project, state, BuildOptions(targets=args.targets))
+        try:
+            found = asyncio.run(explain(build))
+        except BuildError as exc:
+            raise UserError(str(exc)) from None
+    finally:
+        state.close()
+    for item in found:
+        verdict = "RUN " if item.runs else "ok  "
+        print(f"{verdict} {item.step.id}: {item.reasons[0]}")
+        for reason in item.reasons[1:]:
+            print(f"       {reason}")
+    return EXIT_OK
 
 
 def _log(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from majordomo.actionkey import action_key
 from majordomo.graph import BuildGraph, GraphError
 from majordomo.recipes import Project, Step
 from majordomo.scan import scan, stat_entry
-from majordomo.state import State
+from majordomo.state import KeyDetail, State
 from protocol import subjects
 from protocol.errors import ErrorCode
 from protocol.kinds import step_tools
@@ -84,6 +84,7 @@ class BuildReport:
     bytes_pulled: int = 0
     duration_s: float = 0.0
     failures: list[StepOutcome] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # stale outputs of recipes that are gone
 
     def as_json(self) -> dict[str, object]:
         """The stable `--json` summary (documented in docs/cli.md)."""
@@ -128,15 +129,9 @@ class Build:
 
     async def run(self) -> BuildReport:
         started = time.monotonic()
-        try:
-            graph = BuildGraph(self.project, self.state.load_steps())
-            units = graph.units(graph.select(self.options.targets))
-        except GraphError as exc:
-            raise BuildError(str(exc)) from None
-        self.graph = graph
-        order = [s for unit in units for s in unit]
-        self.total = len(order)
-        await self._scan_sources(graph, order)
+        units = await self.prepare()
+        self.total = sum(len(unit) for unit in units)
+        await self._remove_stale_outputs()
         try:
             await self._execute(units)
         finally:
@@ -151,6 +146,17 @@ class Build:
             self.build_id, time.time() - self.report.duration_s, self.report.duration_s, self.report.ok,
             self.report.steps_run, self.report.steps_cached, self.report.steps_failed))
         return self.report
+
+    async def prepare(self) -> list[list[Step]]:
+        """Select, order and scan: everything a build or an explanation needs before deciding."""
+        try:
+            graph = BuildGraph(self.project, self.state.load_steps())
+            units = graph.units(graph.select(self.options.targets))
+        except GraphError as exc:
+            raise BuildError(str(exc)) from None
+        self.graph = graph
+        await self._scan_sources(graph, [s for unit in units for s in unit])
+        return units
 
     async def _scan_sources(self, graph: BuildGraph, order: list[Step]) -> None:
         paths = graph.sources_of(order)
@@ -168,6 +174,23 @@ class Build:
         self.executable |= result.executable
         for rel, digest in result.digests.items():
             self._served[digest] = self.root / rel
+
+    async def _remove_stale_outputs(self) -> None:
+        """Delete workspace files this tool wrote for recipes that no longer make them.
+
+        Only files still holding the bytes we wrote are removed: a file the user changed since
+        is kept (and no longer tracked), never lost."""
+        produced = self.state.load_produced()
+        stale = [p for p in produced if self.graph.producer(p) is None]
+        if not stale:
+            return
+        current = await scan(self.root, stale, self._stat_cache())
+        for path in stale:
+            if current.digests.get(path) == produced[path][0]:
+                await asyncio.to_thread(os.unlink, self.root / path)
+                self.report.removed.append(path)
+            await self.state.run(lambda p=path: self.state.forget_produced(p))
+        await self.state.run(lambda: self.state.forget_stat_entries(stale))
 
     # -- walking the graph ------------------------------------------------------------------------
 
@@ -268,10 +291,13 @@ class Build:
         return {p: self.digests.get(p, ABSENT) for p in paths}
 
     def _key(self, step: Step, inputs: dict[str, str], toolchain: dict[str, str]) -> str:
-        # The executable bit is part of what a step sees (`./build/test` must run).
-        marked = {p: d + "+x" if p in self.executable else d for p, d in inputs.items()}
+        marked = {p: self._marked(p, d) for p, d in inputs.items()}
         return action_key(kind=step.kind, command=step.command, env=step.env, toolchain=toolchain,
                           inputs=marked, outputs=step.outputs)
+
+    def _marked(self, path: str, digest: str) -> str:
+        """The digest as keys see it: the executable bit counts (`./build/test` must run)."""
+        return digest + "+x" if path in self.executable else digest
 
     def _local_toolchain(self, step: Step) -> dict[str, str] | None:
         """Tool identities without the federation (the embedded chefs run on this machine)."""
@@ -382,8 +408,11 @@ class Build:
         # Record under the key of what the step actually read, so the next run finds it.
         final_inputs = {p: self.digests.get(p, ABSENT) for p in (*step.inputs, *discovered)}
         final_key = self._key(step, final_inputs, toolchain) if discovered or final_inputs != inputs else key
+        detail = KeyDetail(command=step.command, toolchain=toolchain, env=list(step.env),
+                           inputs={p: self._marked(p, d) for p, d in final_inputs.items()})
         await self.state.run(lambda: self.state.record_result(
-            step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log))
+            step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log,
+            detail))
         self._note_outputs(result.outputs)
         self._latest[step.id] = (list(result.outputs), result.chef_id)
         if materialize and not await self._materialize(step, list(result.outputs), result.chef_id):

@@ -21,7 +21,9 @@ import msgspec
 from protocol.messages import OutputRef
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Migrations from each older schema to the next; the state is kept, not thrown away.
+MIGRATIONS: dict[int, str] = {1: "ALTER TABLE steps ADD COLUMN detail BLOB"}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS stat_cache(
@@ -29,7 +31,7 @@ CREATE TABLE IF NOT EXISTS stat_cache(
 CREATE TABLE IF NOT EXISTS results(
     action_key TEXT PRIMARY KEY, step_id TEXT, outputs BLOB, chef_id TEXT, duration_s REAL, at REAL);
 CREATE TABLE IF NOT EXISTS steps(
-    step_id TEXT PRIMARY KEY, action_key TEXT, discovered BLOB, at REAL);
+    step_id TEXT PRIMARY KEY, action_key TEXT, discovered BLOB, at REAL, detail BLOB);
 CREATE TABLE IF NOT EXISTS owners(digest TEXT, pod TEXT, size INTEGER, PRIMARY KEY(digest, pod));
 CREATE TABLE IF NOT EXISTS produced(path TEXT PRIMARY KEY, digest TEXT, step_id TEXT);
 CREATE TABLE IF NOT EXISTS logs(step_id TEXT PRIMARY KEY, action_key TEXT, ok INTEGER, chef_id TEXT, log TEXT, at REAL);
@@ -54,9 +56,19 @@ class StepRecord:
     discovered: tuple[str, ...]
 
 
+class KeyDetail(msgspec.Struct, frozen=True):
+    """What went into a step's last action key, kept so `explain` can say what changed."""
+
+    command: str
+    toolchain: dict[str, str]
+    env: list[tuple[str, str]]
+    inputs: dict[str, str]
+
+
 _outputs_enc = msgspec.msgpack.Encoder()
 _outputs_dec = msgspec.msgpack.Decoder(list[OutputRef])
 _paths_dec = msgspec.msgpack.Decoder(list[str])
+_detail_dec = msgspec.msgpack.Decoder(KeyDetail)
 
 
 class StateError(Exception):
@@ -76,10 +88,20 @@ class State:
         row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) < SCHEMA_VERSION:
+            self._migrate(int(row[0]))
         elif int(row[0]) != SCHEMA_VERSION:
             raise StateError(
-                f"{self.path}: state schema {row[0]} is not {SCHEMA_VERSION}; delete .majordomo/ to rebuild")
+                f"{self.path}: state schema {row[0]} is newer than this majordomo's ({SCHEMA_VERSION}); upgrade majordomo")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
+
+    def _migrate(self, version: int) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            while version < SCHEMA_VERSION:
+                self._db.execute(MIGRATIONS[version])
+                version += 1
+            self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     async def run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
@@ -97,6 +119,10 @@ class State:
     def load_steps(self) -> dict[str, StepRecord]:
         rows = self._db.execute("SELECT step_id, action_key, discovered FROM steps")
         return {r[0]: StepRecord(r[1], tuple(_paths_dec.decode(r[2])) if r[2] else ()) for r in rows}
+
+    def key_detail(self, step_id: str) -> KeyDetail | None:
+        row = self._db.execute("SELECT detail FROM steps WHERE step_id=?", (step_id,)).fetchone()
+        return _detail_dec.decode(row[0]) if row and row[0] else None
 
     def result(self, action_key: str) -> list[OutputRef] | None:
         row = self._db.execute("SELECT outputs FROM results WHERE action_key=?", (action_key,)).fetchone()
@@ -133,7 +159,7 @@ class State:
 
     def record_result(
         self, step_id: str, action_key: str, outputs: list[OutputRef], discovered: list[str],
-        chef_id: str, duration_s: float, log: str,
+        chef_id: str, duration_s: float, log: str, detail: KeyDetail | None = None,
     ) -> None:
         """One transaction: the result, the step's last key and discoveries, ownership, the log."""
         now = time.time()
@@ -144,8 +170,9 @@ class State:
                 (action_key, step_id, _outputs_enc.encode(outputs), chef_id, duration_s, now),
             )
             self._db.execute(
-                "INSERT OR REPLACE INTO steps VALUES(?,?,?,?)",
-                (step_id, action_key, _outputs_enc.encode(discovered), now),
+                "INSERT OR REPLACE INTO steps VALUES(?,?,?,?,?)",
+                (step_id, action_key, _outputs_enc.encode(discovered), now,
+                 _outputs_enc.encode(detail) if detail else None),
             )
             self._db.executemany(
                 "INSERT OR IGNORE INTO owners VALUES(?,?,?)", [(o.digest, chef_id, o.size) for o in outputs]
@@ -160,13 +187,6 @@ class State:
                 "INSERT OR REPLACE INTO logs VALUES(?,?,?,?,?,?)", (step_id, action_key, 0, chef_id, log, time.time())
             )
 
-    def record_cached(self, step_id: str, action_key: str, discovered: tuple[str, ...]) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT OR REPLACE INTO steps VALUES(?,?,?,?)",
-                (step_id, action_key, _outputs_enc.encode(list(discovered)), time.time()),
-            )
 
     def add_owner(self, digest: str, pod: str, size: int) -> None:
         with self._db:

@@ -1,0 +1,71 @@
+"""`majordomo explain` says why; outputs of recipes that are gone are removed, user files never."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import majordomo, write_project
+
+RECIPE = """
+[[step]]
+name = "shout"
+inputs = ["in.txt"]
+outputs = ["out/shout.txt"]
+command = "tr a-z A-Z < $< > $@"
+
+[[step]]
+name = "count"
+inputs = ["out/shout.txt"]
+outputs = ["out/count.txt"]
+command = "wc -c < $< > $@"
+"""
+
+
+def test_explain_names_the_changed_input_and_the_command(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", RECIPE, {"in.txt": "hi\n"})
+    assert majordomo(project, "explain").stdout.splitlines()[0].startswith("RUN  shout: never built")
+    assert majordomo(project, "build").code == 0
+    up_to_date = majordomo(project, "explain").stdout
+    assert "ok   shout: up to date" in up_to_date and "ok   count: up to date" in up_to_date
+
+    (project / "in.txt").write_text("ho\n")
+    out = majordomo(project, "explain").stdout
+    assert "RUN  shout: input in.txt changed:" in out
+    assert "RUN  count: input out/shout.txt will be rebuilt first" in out
+
+    recipe = (project / "majordomo.toml").read_text().replace("wc -c", "wc -l")
+    (project / "majordomo.toml").write_text(recipe)
+    assert majordomo(project, "build").code == 0
+    (project / "majordomo.toml").write_text(recipe.replace("wc -l", "wc -w"))
+    out = majordomo(project, "explain").stdout
+    assert "ok   shout: up to date" in out
+    assert "RUN  count: command changed: 'wc -l < out/shout.txt > out/count.txt' -> 'wc -w" in out
+    # explain ran nothing: the output still holds the line count of the previous build.
+    assert (project / "out/count.txt").read_text().strip() == "1"
+
+
+def test_outputs_of_removed_recipes_are_deleted_but_edited_ones_kept(tmp_path: Path) -> None:
+    recipe = RECIPE + """
+[[step]]
+name = "copy"
+inputs = ["in.txt"]
+outputs = ["out/copy.txt"]
+command = "cp $< $@"
+"""
+    project = write_project(tmp_path / "p", recipe, {"in.txt": "hi\n"})
+    assert majordomo(project, "build").code == 0
+    assert (project / "out/copy.txt").exists() and (project / "out/count.txt").exists()
+    (project / "out/count.txt").write_text("my own notes\n")  # the user now owns this file
+    (project / "majordomo.toml").write_text(RECIPE.split("[[step]]\nname = \"count\"")[0])
+    run = majordomo(project, "build")
+    assert run.code == 0, run.stderr
+    assert "removed out/count.txt" not in run.stdout
+    assert (project / "out/count.txt").read_text() == "my own notes\n"
+    assert "removed out/copy.txt" in run.stdout and not (project / "out/copy.txt").exists()
+    (project / "majordomo.toml").write_text(RECIPE)
+    assert majordomo(project, "build").code == 0
+    (project / "majordomo.toml").write_text(RECIPE.split("[[step]]\nname = \"count\"")[0])
+    run = majordomo(project, "build")
+    assert "removed out/count.txt: no recipe makes it any more" in run.stdout
+    assert not (project / "out/count.txt").exists()
+    assert (project / "out/shout.txt").exists()
