@@ -51,12 +51,12 @@ async def explain(build: Build) -> list[Explanation]:
 
 async def _reasons(build: Build, step: Step) -> list[str]:
     tools = step_tools(step.kind, step.command, step.tools)
-    toolchain = await build._probe.identities(list(tools))  # noqa: SLF001 - same package
-    inputs = build._inputs_of(step)  # noqa: SLF001
-    key = build._key(step, inputs, toolchain)  # noqa: SLF001
+    toolchain = await build._probe.identities(list(tools))
+    inputs = build._inputs_of(step)
+    key = build._key(step, inputs, toolchain)
     outputs = build.state.result(key)
     if outputs is not None:
-        missing = [o.path for o in outputs if build.graph.is_final(o.path) and not build._workspace_has(o)]  # noqa: SLF001
+        missing = [o.path for o in outputs if build.graph.is_final(o.path) and not build._workspace_has(o)]
         for out in outputs:
             build.digests[out.path] = out.digest
         return [f"output {p} is missing or was changed in the workspace (it will be fetched or rebuilt)"
@@ -73,7 +73,7 @@ async def _reasons(build: Build, step: Step) -> list[str]:
             reasons.append(f"toolchain changed: {tool} {old or 'absent'} -> {new or 'absent'}")
     if dict(detail.env) != dict(step.env):
         reasons.append(f"environment changed: {dict(detail.env)} -> {dict(step.env)}")
-    now = {p: build._marked(p, d) for p, d in inputs.items()}  # noqa: SLF001
+    now = {p: build._marked(p, d) for p, d in inputs.items()}
     for path in sorted(set(detail.inputs) | set(now)):
         old, new = detail.inputs.get(path), now.get(path)
         if old == new:

@@ -92,7 +92,8 @@ class State:
             self._migrate(int(row[0]))
         elif int(row[0]) != SCHEMA_VERSION:
             raise StateError(
-                f"{self.path}: state schema {row[0]} is newer than this majordomo's ({SCHEMA_VERSION}); upgrade majordomo")
+                f"{self.path}: state schema {row[0]} is newer than this majordomo's ({SCHEMA_VERSION}); "
+                "upgrade majordomo")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
 
     def _migrate(self, version: int) -> None:
