@@ -1,0 +1,91 @@
+"""SSH keys for the artefact transfer: pod identity keys, and the trust objects built from public key lines.
+
+Every pod has one ed25519 key: it is the host key of its artefact server and the client key it pulls with.
+Public keys travel as OpenSSH lines (`ssh-ed25519 AAAA... comment`), e.g. in `SftpEndpoint.host_key`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import asyncssh
+
+KEY_ALGORITHM = "ssh-ed25519"
+
+
+def load_or_create_key(path: Path, comment: str = "computepods") -> asyncssh.SSHKey:
+    """Load the private key at `path`, or make a new ed25519 key there (mode 0600) with `<path>.pub` beside it.
+
+    Writes are atomic (temp file + rename) so that a crash never leaves a truncated key that would change
+    the pod's identity on the next start. Blocking: call it at start-up or in a thread.
+    """
+    path = Path(path)
+    if path.exists():
+        key = asyncssh.read_private_key(str(path))
+        pub = Path(f"{path}.pub")
+        if not pub.exists():
+            _atomic_write(pub, public_key_line(key).encode() + b"\n", 0o644)
+        return key
+    key = asyncssh.generate_private_key(KEY_ALGORITHM, comment=comment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, key.export_private_key("openssh"), 0o600)
+    _atomic_write(Path(f"{path}.pub"), public_key_line(key).encode() + b"\n", 0o644)
+    return key
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    # mkstemp creates the file 0600, so the private key is never readable by others, not even briefly.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def public_key_line(key: asyncssh.SSHKey) -> str:
+    """The OpenSSH public key line of a key (private or public), without trailing newline."""
+    return key.export_public_key("openssh").decode().strip()
+
+
+def fingerprint(key: asyncssh.SSHKey | str) -> str:
+    """`SHA256:...` fingerprint of a key or of an OpenSSH public key line, as `ssh-keygen -l` shows it."""
+    if isinstance(key, str):
+        key = import_public_key(key)
+    return key.get_fingerprint("sha256")
+
+
+def import_public_key(line: str) -> asyncssh.SSHKey:
+    """Parse one OpenSSH public key line; raises ValueError (asyncssh.KeyImportError) if it is not one."""
+    return asyncssh.import_public_key(line.strip())
+
+
+def known_hosts_for(host_keys: Iterable[str]) -> tuple[list[asyncssh.SSHKey], list, list]:
+    """A `known_hosts=` value for `asyncssh.connect` that trusts exactly these host keys, whatever the address.
+
+    Gotcha: asyncssh reads a *list of str* as a list of known_hosts FILE NAMES, so key lines must be
+    parsed first; the (trusted host keys, trusted CA keys, revoked keys) tuple form skips host matching.
+    """
+    keys = [import_public_key(line) for line in host_keys]
+    if not keys:
+        raise ValueError("no host key to pin")
+    return (keys, [], [])
+
+
+def authorized_keys_for(lines: Iterable[str]) -> asyncssh.SSHAuthorizedKeys:
+    """An `authorized_client_keys=` value from OpenSSH public key lines.
+
+    Gotcha: asyncssh reads a *list of str* here as authorized_keys FILE NAMES, hence this helper.
+    """
+    lines = [line.strip() for line in lines if line.strip()]
+    for line in lines:
+        import_public_key(line)  # refuse garbage early, with a clear error, rather than at login time
+    return asyncssh.import_authorized_keys("\n".join(lines) + "\n")
