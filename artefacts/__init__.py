@@ -1,0 +1,1 @@
+"""What every pod has: the content store, hashing, SFTP transfer, NATS helpers."""

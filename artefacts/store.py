@@ -1,0 +1,319 @@
+"""The content-addressed store: read-only files named by digest, `<root>/<algo>/<ab>/<cd>/<hex>`.
+
+An entry is only ever created by renaming a finished, fsynced, mode-0444 file into place, and only
+under the digest of the bytes in that file; an entry that exists is therefore complete and
+verified. `<root>/tmp/` holds files on their way in; it is on the same filesystem, so the final
+rename is atomic.
+
+Sync methods touch the disk: async callers run them with `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from artefacts.hashing import HashError, hash_files
+from protocol.digests import ALGORITHMS, DEFAULT_ALGORITHM, parse_digest, store_relpath
+
+READ_ONLY = 0o444
+COPY_CHUNK_BYTES = 1 << 30
+# Errors after which a hardlink is replaced by a copy: other filesystem, link-count limit,
+# filesystem or policy that forbids links (e.g. protected_hardlinks, some FUSE/SMB mounts).
+LINK_FALLBACK_ERRNOS = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM})
+# Errors after which copy_file_range is replaced by read/write (old kernels, odd filesystems).
+COPY_RANGE_FALLBACK_ERRNOS = frozenset(
+    {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EIO}
+)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Store:
+    """A pod's content store rooted at `root`; new entries are named with `algo` digests.
+
+    Lookups accept any known algorithm (the algorithm is part of the layout), so one store can
+    serve digests named either way; `ingest` and `ingest_outputs` name what they add with `algo`.
+    """
+
+    def __init__(self, root: Path, algo: str = DEFAULT_ALGORITHM, *, jobs: int | None = None) -> None:
+        if algo not in ALGORITHMS:
+            raise ValueError(f"unknown digest algorithm {algo!r}; known: {', '.join(ALGORITHMS)}")
+        self.root = Path(root)
+        self.algo = algo
+        self.jobs = max(1, jobs or os.cpu_count() or 1)
+        self.tmp = self.root / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    # --- lookups -------------------------------------------------------------------------------
+
+    def path_for(self, digest: str) -> Path:
+        return self.root / store_relpath(digest)
+
+    def has(self, digest: str) -> bool:
+        """True when the entry is a regular file (a symlink planted in the store does not count)."""
+        try:
+            return stat.S_ISREG(os.lstat(self.path_for(digest)).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def size_bytes(self) -> int:
+        """Total bytes of all entries; walks the store (sync, O(entries))."""
+        total = 0
+        for algo in ALGORITHMS:
+            for directory, _dirs, files in os.walk(self.root / algo):
+                for name in files:
+                    info = os.lstat(os.path.join(directory, name))
+                    if stat.S_ISREG(info.st_mode):
+                        total += info.st_size
+        return total
+
+    # --- adding entries ------------------------------------------------------------------------
+
+    def new_temp(self) -> Path:
+        """A fresh path in tmp/ (not created). The pid prefix lets `recover` spare live writers."""
+        return self.tmp / f"{os.getpid()}-{secrets.token_hex(8)}"
+
+    def commit(self, temp_path: Path, digest: str) -> Path:
+        """Move a verified temp file into the store under `digest`; returns the entry's path.
+
+        The caller has checked that the bytes in `temp_path` have `digest`. The file is fsynced and
+        made 0444 before the rename, and the directory is fsynced after it, so after a crash the
+        entry is either absent or complete. If the entry exists already the temp file is dropped.
+        Sync: run it in a thread.
+        """
+        return self._commit_many([(Path(temp_path), digest)])[0]
+
+    def _commit_many(self, pairs: Sequence[tuple[Path, str]]) -> list[Path]:
+        """`commit` for many files, fsyncing each touched directory once at the end."""
+        entries = []
+        dirty_dirs: set[Path] = set()
+        for temp_path, digest in pairs:
+            parse_digest(digest)
+            entry = self.path_for(digest)
+            if self.has(digest):
+                temp_path.unlink()
+            else:
+                fd = os.open(temp_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                    os.fchmod(fd, READ_ONLY)
+                finally:
+                    os.close(fd)
+                dirty_dirs.update(_make_dirs(entry.parent))
+                os.rename(temp_path, entry)
+                dirty_dirs.add(entry.parent)
+            entries.append(entry)
+        for directory in dirty_dirs:
+            _fsync_dir(directory)
+        return entries
+
+    async def ingest(self, paths: Sequence[Path]) -> list[tuple[str, int]]:
+        """Copy files (e.g. sources the user keeps editing) into the store: [(digest, size)].
+
+        Each file is copied to tmp/ first and the *copy* is hashed, so a source that changes
+        mid-copy is stored under the digest of the bytes actually stored, never a stale one. (The
+        caller's stat cache notices that the source moved on.) The source is never aliased: later
+        edits to it cannot reach the store. Copies use copy_file_range, which reflinks where the
+        filesystem can.
+        """
+        temps = [self.new_temp() for _ in paths]
+        try:
+            sizes = await self._in_threads(lambda pair: _copy_new(*pair), list(zip(paths, temps, strict=True)))
+            digests = await hash_files(temps, algo=self.algo, jobs=self.jobs, sizes=sizes)
+            await self._in_threads_batched(self._commit_many, list(zip(temps, digests, strict=True)))
+        except BaseException:
+            await asyncio.to_thread(_unlink_all, temps)
+            raise
+        return list(zip(digests, sizes, strict=True))
+
+    async def ingest_outputs(self, paths: Sequence[Path]) -> list[tuple[str, int]]:
+        """Take files the store may consume (a finished step's outputs) into the store: [(digest, size)].
+
+        Unlike `ingest`, nothing is copied: each file is hardlinked to tmp/, hashed there, made
+        0444 and renamed into place, so the source name and the entry share one inode, which is now
+        read-only. The caller promises that nothing writes the file any more (the step's processes
+        are gone). A file with other links (which might still be written through them), or one on
+        another filesystem, is copied instead. Symlinks and other non-regular files are refused.
+        """
+        temps = [self.new_temp() for _ in paths]
+        try:
+            sizes = await self._in_threads(lambda pair: _link_or_copy_new(*pair), list(zip(paths, temps, strict=True)))
+            digests = await hash_files(temps, algo=self.algo, jobs=self.jobs, sizes=sizes)
+            await self._in_threads_batched(self._commit_many, list(zip(temps, digests, strict=True)))
+        except BaseException:
+            await asyncio.to_thread(_unlink_all, temps)
+            raise
+        return list(zip(digests, sizes, strict=True))
+
+    # --- using entries -------------------------------------------------------------------------
+
+    def link_into(self, digest: str, dest: Path) -> None:
+        """Materialise an entry at `dest` (e.g. in a task dir), read-only; creates parent dirs.
+
+        A hardlink when possible (instant, and read-only because the entry is); a 0444 copy when
+        the filesystem will not link. Sync: run it in a thread.
+        """
+        if not self.has(digest):
+            raise FileNotFoundError(errno.ENOENT, f"{digest} is not in the store", str(self.path_for(digest)))
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self.path_for(digest), dest)
+        except OSError as error:
+            if error.errno not in LINK_FALLBACK_ERRNOS:
+                raise
+            try:
+                _copy_new(self.path_for(digest), dest)
+                os.chmod(dest, READ_ONLY)
+            except BaseException:
+                dest.unlink(missing_ok=True)
+                raise
+
+    # --- maintenance ---------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Crash recovery, once at start: delete leftovers in tmp/ of writers that are gone.
+
+        Nothing else can need repair: an entry appears only by renaming a file that was fsynced
+        and chmodded first, so a crash leaves each entry absent or complete, plus orphans in tmp/.
+        Leftovers of a live process (another pod component sharing this store) are spared; ones
+        that carry this process's pid are from a previous life with a recycled pid.
+        """
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():
+            owner = leftover.name.split("-", 1)[0]
+            if owner.isdigit() and int(owner) != os.getpid() and _pid_alive(int(owner)):
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    async def _in_threads(self, function: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
+        """`function` over `items`, in order, in a few threads (one thread hop per chunk, not per item)."""
+
+        def run_chunk(chunk: Sequence[Item]) -> list[Result]:
+            return [function(item) for item in chunk]
+
+        chunks = await self._in_threads_batched(run_chunk, items)
+        return [result for chunk in chunks for result in chunk]
+
+    async def _in_threads_batched(
+        self, function: Callable[[Sequence[Item]], Result], items: Sequence[Item]
+    ) -> list[Result]:
+        """`function` over contiguous chunks of `items`, one thread each; waits for all before raising."""
+        if not items:
+            return []
+        count = min(len(items), self.jobs * 2)
+        size = -(-len(items) // count)
+        chunks = [items[start : start + size] for start in range(0, len(items), size)]
+        outcomes = await asyncio.gather(
+            *(asyncio.to_thread(function, chunk) for chunk in chunks), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    """Create `directory` and missing parents; returns the parents whose listings changed."""
+    if directory.is_dir():
+        return []
+    changed = _make_dirs(directory.parent)
+    try:
+        directory.mkdir()
+        changed.append(directory.parent)
+    except FileExistsError:
+        pass
+    return changed
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_new(source: Path, dest: Path) -> int:
+    """Copy `source` to a new file `dest` (0600); returns the bytes copied. Refuses non-regular sources."""
+    source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(source_fd).st_mode):
+            raise HashError(source, "not a regular file")
+        dest_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            return _copy_fd(source_fd, dest_fd)
+        finally:
+            os.close(dest_fd)
+    finally:
+        os.close(source_fd)
+
+
+def _copy_fd(source_fd: int, dest_fd: int) -> int:
+    copied = 0
+    try:
+        while chunk := os.copy_file_range(source_fd, dest_fd, COPY_CHUNK_BYTES):
+            copied += chunk
+    except OSError as error:
+        if error.errno not in COPY_RANGE_FALLBACK_ERRNOS:
+            raise
+    else:
+        if copied:
+            return copied
+        # Nothing copied: an empty file, or a pseudo-file (procfs) that copy_file_range reads as empty.
+    # Start over with plain reads and writes.
+    os.lseek(source_fd, 0, os.SEEK_SET)
+    os.lseek(dest_fd, 0, os.SEEK_SET)
+    os.ftruncate(dest_fd, 0)
+    copied = 0
+    while data := os.read(source_fd, 1 << 20):
+        view = memoryview(data)
+        while view:
+            written = os.write(dest_fd, view)
+            view = view[written:]
+            copied += written
+    return copied
+
+
+def _link_or_copy_new(source: Path, dest: Path) -> int:
+    """Hardlink a sole-owner regular file to `dest`, else copy it; returns its size."""
+    info = os.lstat(source)
+    if not stat.S_ISREG(info.st_mode):
+        raise HashError(source, "not a regular file (outputs must be files, not symlinks or devices)")
+    if info.st_nlink == 1:
+        try:
+            os.link(source, dest, follow_symlinks=False)
+            return info.st_size
+        except OSError as error:
+            if error.errno not in LINK_FALLBACK_ERRNOS:
+                raise
+    return _copy_new(source, dest)
+
+
+def _unlink_all(paths: Iterable[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
