@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--nats", default=None, help="NATS URL of an existing federation (default: embedded)")
     b.add_argument("--federation", default=None, help="subject prefix of the federation (default cp)")
     b.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="override a [vars] entry")
+    b.add_argument("--sftp-listen", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="where this pod serves sources to chefs (default 127.0.0.1, any port)")
+    b.add_argument("--advertise", default="", metavar="HOST", help="address chefs use to reach this pod")
     b.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     b.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     b.add_argument("-v", "--verbose", action="store_true", help="also print cached steps and commands")
@@ -122,8 +125,12 @@ async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[
     from majordomo.engine import Build, BuildError, BuildOptions
     from protocol import subjects
 
+    host, _, port = args.sftp_listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--sftp-listen expects HOST:PORT, got {args.sftp_listen!r}")
     options = BuildOptions(targets=args.targets, jobs=max(0, args.jobs), nats_url=nats_url,
-                           federation=args.federation or subjects.DEFAULT_FEDERATION)
+                           federation=args.federation or subjects.DEFAULT_FEDERATION,
+                           sftp_listen=(host, int(port)), advertise_host=args.advertise)
     build = Build(project, state, options, on_step=reporter.step)
     try:
         return await build.run()

@@ -60,6 +60,8 @@ class BuildOptions:
     federation: str = subjects.DEFAULT_FEDERATION
     keep_going: bool = True
     pod_id: str = ""
+    sftp_listen: tuple[str, int] = ("127.0.0.1", 0)
+    advertise_host: str = ""
 
 
 @dataclass
@@ -512,7 +514,8 @@ class Build:
         async with self._fed_lock:
             if self._fed is None:
                 fed = Federation(self.root, self.pod_id, self.options.nats_url, self.options.federation,
-                                 resolve=self._resolve)
+                                 resolve=self._resolve, sftp_listen=self.options.sftp_listen,
+                                 advertise_host=self.options.advertise_host)
                 try:
                     await fed.start()
                     self._chefs = await fed.chefs()

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import nats
-
 from conftest import majordomo, write_project
 
 
