@@ -7,6 +7,7 @@ file, and no capabilities (so even root cannot write through a 0444 input).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -21,7 +22,8 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
 
-def _tool_dirs() -> list[str]:
+@functools.cache
+def _tool_dirs() -> tuple[str, ...]:
     """Read-only directories a step's tools may live in: the system's, PATH's, this Python's."""
     dirs: dict[str, None] = {d: None for d in _SYSTEM_DIRS if os.path.isdir(d)}
     extra = [*os.environ.get("PATH", "").split(os.pathsep), sys.base_prefix, sys.prefix]
@@ -33,7 +35,7 @@ def _tool_dirs() -> list[str]:
             dirs[real] = None
             if real != d and not any(d == s or d.startswith(s + "/") for s in dirs):
                 dirs[d] = None
-    return list(dirs)
+    return tuple(dirs)
 
 
 def sandbox_argv(bwrap: str, task_dir: Path, inputs: Iterable[str], command: str) -> list[str]:

@@ -123,6 +123,8 @@ class Build:
         self._load: dict[str, int] = {}
         self._jobs: asyncio.Semaphore | None = None
         self._probe = ToolProbe(state.dir / "tools.json")
+        self._toolchains: dict[tuple[str, str, tuple[str, ...]], dict[str, str] | None] = {}
+        self._step_tools: dict[str, tuple[str, ...]] = {}
         self._served: dict[str, Path] = {}  # digest -> workspace file this pod serves
         self._regenerating: dict[str, asyncio.Task[None]] = {}
         self._done = 0
@@ -305,13 +307,25 @@ class Build:
         """Tool identities without the federation (the embedded chefs run on this machine)."""
         if self.options.nats_url is not None:
             return None
-        found: dict[str, str] = {}
-        for tool in step_tools(step.kind, step.command, step.tools):
-            ident = self._probe.cached_identity(tool)
-            if ident is None:
-                return None
-            found[tool] = ident
-        return found
+        tools = self._tools_of(step)
+        memo = (step.kind, "local", tools)
+        if memo not in self._toolchains:
+            found: dict[str, str] | None = {}
+            for tool in tools:
+                ident = self._probe.cached_identity(tool)
+                if ident is None:
+                    found = None
+                    break
+                found[tool] = ident
+            self._toolchains[memo] = found
+        return self._toolchains[memo]
+
+    def _tools_of(self, step: Step) -> tuple[str, ...]:
+        """Tools in the step's key; one parse per step, and identities are looked up once per build."""
+        tools = self._step_tools.get(step.id)
+        if tools is None:
+            tools = self._step_tools[step.id] = step_tools(step.kind, step.command, step.tools)
+        return tools
 
     def _try_cached(self, step: Step) -> bool:
         """Synchronous cache check for the no-op fast path; False means 'decide asynchronously'."""
@@ -363,7 +377,7 @@ class Build:
             request = StepRequest(
                 step_id=step.id, action_key=key, kind=step.kind, command=step.command,
                 inputs=self._input_refs(inputs, chef.id), outputs=list(step.outputs), pods=self._pods(),
-                env=dict(step.env), tools=list(step_tools(step.kind, step.command, step.tools)),
+                env=dict(step.env), tools=list(self._tools_of(step)),
                 depfile=step.depfile, recorder=step.recorder, timeout_s=step.timeout_s,
                 build_id=self.build_id, attempt=attempt,
             )
@@ -537,10 +551,13 @@ class Build:
         return self._served.get(digest)
 
     async def _toolchain(self, step: Step) -> dict[str, str] | None:
-        tools = step_tools(step.kind, step.command, step.tools)
+        tools = self._tools_of(step)
         if self.options.nats_url is None:
-            found = await self._probe.identities(list(tools))
-            return found if len(found) == len(tools) else None
+            memo = (step.kind, "probe", tools)
+            if memo not in self._toolchains:
+                found = await self._probe.identities(list(tools))
+                self._toolchains[memo] = found if len(found) == len(tools) else None
+            return self._toolchains[memo]
         await self._federation()
         for chef in sorted(self._chefs, key=lambda c: c.id):
             if step.kind in chef.kinds and all(t in chef.tools for t in tools):

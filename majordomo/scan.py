@@ -48,9 +48,10 @@ async def scan(root: Path, paths: Iterable[str], cache: dict[str, StatEntry]) ->
     """Digests of `paths` (project-relative), hashing only those the stat cache cannot vouch for."""
     result = ScanResult()
     to_hash: list[tuple[str, os.stat_result]] = []
+    base = str(root) + os.sep  # string joins: pathlib costs ~2 us a path, 20 ms for a 10,000-file no-op
     for rel in paths:
         try:
-            st = os.stat(root / rel)
+            st = os.stat(base + rel)
         except (FileNotFoundError, NotADirectoryError):
             result.missing.append(rel)
             continue

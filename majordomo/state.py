@@ -95,6 +95,7 @@ class State:
                 f"{self.path}: state schema {row[0]} is newer than this majordomo's ({SCHEMA_VERSION}); "
                 "upgrade majordomo")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
+        self._results: dict[str, bytes] | None = None
 
     def _migrate(self, version: int) -> None:
         with self._db:
@@ -126,8 +127,12 @@ class State:
         return _detail_dec.decode(row[0]) if row and row[0] else None
 
     def result(self, action_key: str) -> list[OutputRef] | None:
-        row = self._db.execute("SELECT outputs FROM results WHERE action_key=?", (action_key,)).fetchone()
-        return _outputs_dec.decode(row[0]) if row else None
+        """Outputs recorded under a key. The first call loads every result in one query (a no-op
+        build of 10,000 steps asks 10,000 times); later records go to both table and memory."""
+        if self._results is None:
+            self._results = dict(self._db.execute("SELECT action_key, outputs FROM results").fetchall())
+        blob = self._results.get(action_key)
+        return _outputs_dec.decode(blob) if blob is not None else None
 
     def load_produced(self) -> dict[str, tuple[str, str]]:
         return {r[0]: (r[1], r[2]) for r in self._db.execute("SELECT path, digest, step_id FROM produced")}
@@ -164,12 +169,15 @@ class State:
     ) -> None:
         """One transaction: the result, the step's last key and discoveries, ownership, the log."""
         now = time.time()
+        blob = _outputs_enc.encode(outputs)
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute(
                 "INSERT OR REPLACE INTO results VALUES(?,?,?,?,?,?)",
-                (action_key, step_id, _outputs_enc.encode(outputs), chef_id, duration_s, now),
+                (action_key, step_id, blob, chef_id, duration_s, now),
             )
+        if self._results is not None:
+            self._results[action_key] = blob
             self._db.execute(
                 "INSERT OR REPLACE INTO steps VALUES(?,?,?,?,?)",
                 (step_id, action_key, _outputs_enc.encode(discovered), now,

@@ -21,6 +21,9 @@ KNOWN_KINDS = tuple(KIND_TOOLS)
 
 def command_tool(command: str) -> str | None:
     """The program a command starts with, when it is a plain name (`gcc -c ...` -> `gcc`)."""
+    head = command.split(None, 1)[0] if command.strip() else ""
+    if head and not any(c in head for c in "'\"\\=$`"):
+        return head if "/" not in head and head.replace("-", "").replace("+", "").replace(".", "").isalnum() else None
     try:
         words = shlex.split(command)
     except ValueError:
