@@ -123,6 +123,9 @@ class Chef:
                 "chef_id": cfg.id, "kinds": ",".join(cfg.kinds), "federation": cfg.federation,
                 "sftp": f"{endpoint.host}:{endpoint.port}", "host_key_fingerprint": endpoint.fingerprint,
                 "protocol": str(PROTOCOL_VERSION), "sandbox": self._info.sandbox,
+                "slots": str(cfg.slots),
+                # metadata values are strings: tool identities travel as one JSON object
+                "tools": msgspec.json.encode(tools).decode(),
             },
             stats_handler=lambda _endpoint: dict(self.counters),
         )

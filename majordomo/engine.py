@@ -547,8 +547,12 @@ class Build:
             return self._fed
 
     def _resolve(self, digest: str) -> Path | None:
-        """What our SFTP server serves: sources and fetched outputs, by digest."""
-        return self._served.get(digest)
+        """What our SFTP server serves: sources and fetched outputs, by digest.
+
+        The server opens with O_NOFOLLOW and checks the opened name, so a source that is a
+        symlink (or lives under one) is served by its real path."""
+        path = self._served.get(digest)
+        return Path(os.path.realpath(path)) if path is not None else None
 
     async def _toolchain(self, step: Step) -> dict[str, str] | None:
         tools = self._tools_of(step)

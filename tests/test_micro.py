@@ -45,6 +45,8 @@ async def test_chefs_answer_srv_ping_info_stats(tmp_path: Path, federation) -> N
             subjects = {e["name"]: e["subject"] for e in info["endpoints"]}
             assert subjects["run"] == f"cp.chef.{info['metadata']['chef_id']}.run"
             assert info["metadata"]["host_key_fingerprint"].startswith("SHA256:")
+            assert set(info["metadata"]["kinds"].split(",")) == {"shell", "cc"}
+            assert json.loads(info["metadata"]["tools"])["sh"]  # tool identities are advertised
         stats = {s["metadata"]["chef_id"]: s for s in await _gather(nc, "$SRV.STATS.computepods-chef", 2)}
         run_ep = next(e for e in stats[cooked_by]["endpoints"] if e["name"] == "run")
         assert run_ep["num_requests"] == 1
