@@ -368,15 +368,17 @@ class Build:
                         attempt: int = 1, *, materialize: bool = True) -> bool:
         fed = await self._federation()
         assert self._jobs
+        # The task dir holds every file the step may read; the key only those it did read.
+        staged = {**inputs, **{p: self.digests.get(p, ABSENT) for p in step.may_read if p not in inputs}}
         async with self._jobs:
-            await self._ensure_available(step, inputs)
-            chef = self._place(step, inputs, toolchain)
+            await self._ensure_available(step, staged)
+            chef = self._place(step, staged, toolchain)
             if chef is None:
                 self._finish(StepOutcome(step, "failed", message=self._no_chef_message(step)))
                 return False
             request = StepRequest(
                 step_id=step.id, action_key=key, kind=step.kind, command=step.command,
-                inputs=self._input_refs(inputs, chef.id), outputs=list(step.outputs), pods=self._pods(),
+                inputs=self._input_refs(staged, chef.id), outputs=list(step.outputs), pods=self._pods(),
                 env=dict(step.env), tools=list(self._tools_of(step)),
                 depfile=step.depfile, recorder=step.recorder, timeout_s=step.timeout_s,
                 build_id=self.build_id, attempt=attempt,

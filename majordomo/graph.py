@@ -43,9 +43,11 @@ class BuildGraph:
         return self._discovered.get(step.id, ())
 
     def accept_discovered(self, step: Step, found: Iterable[str]) -> tuple[str, ...]:
-        """Keep discoveries beyond the declared inputs (the key already covers those)."""
-        declared = set(step.inputs) | set(step.outputs)
-        kept = tuple(sorted({p for p in found if p not in declared}))
+        """Keep the `may_read` files the step reported reading: from now on they are in its key.
+
+        Declared inputs are in the key anyway; in the sandbox nothing else can be read."""
+        allowed = set(step.may_read)
+        kept = tuple(sorted({p for p in found if p in allowed}))
         self._discovered[step.id] = kept
         return kept
 
@@ -79,7 +81,7 @@ class BuildGraph:
         found = self._deps.get(step.id)
         if found is None:
             seen: dict[str, Step] = {}
-            for path in (*step.inputs, *self.discovered(step)):
+            for path in (*step.inputs, *step.may_read, *self.discovered(step)):
                 producer = self._producer.get(path)
                 if producer is not None and producer.id != step.id:
                     seen.setdefault(producer.id, producer)
@@ -167,7 +169,7 @@ class BuildGraph:
         """Files the steps read that no step makes (declared and discovered)."""
         found: dict[str, None] = {}
         for step in steps:
-            for path in (*step.inputs, *self.discovered(step)):
+            for path in (*step.inputs, *step.may_read, *self.discovered(step)):
                 if path not in self._producer:
                     found.setdefault(path, None)
         return list(found)

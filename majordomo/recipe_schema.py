@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ FIELDS: dict[str, str] = {
     "timeout": "a number of seconds > 0",
     "recorder": "true or false",
     "keep": "true or false",
+    "may_read": "a list of strings",
 }
 
 # Words people bring from make, ninja, bazel and friends.
@@ -82,6 +84,7 @@ class RecipeSpec:
     timeout_s: float
     recorder: bool
     keep: bool
+    may_read: list[str] = dataclasses.field(default_factory=list)  # in the task dir; in the key only once read
 
 
 def suggest_field(field: str) -> str:
@@ -217,4 +220,5 @@ def read_recipe(table: Mapping[str, Any], kind: str, index: int, line: int, fail
         timeout_s=_timeout(table, fail),
         recorder=_bool(table, "recorder", fail),
         keep=_bool(table, "keep", fail),
+        may_read=_strings(table, "may_read", fail),
     )

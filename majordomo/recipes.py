@@ -17,7 +17,7 @@ import os
 import posixpath
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
@@ -66,6 +66,9 @@ class Step:
     keep: bool
     origin: str  # "majordomo.toml:14": the recipe's header line
     description: str = ""
+    # Files put in the task dir that count in the action key only once the step reports
+    # reading them (depfile, .fls): a header change recompiles exactly its includers.
+    may_read: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,7 @@ class _Recipe:
     tools: tuple[str, ...]
     command: Template
     globbed: list[bool] = field(default_factory=list)  # per input: is it a glob (decided once, not per stem)
+    may_read: list[str] = field(default_factory=list)
     driver: tuple[str, str] | None = None  # (prefix, suffix) of the input that supplies the stems
     instances: list[_Instance] = field(default_factory=list)
 
@@ -381,6 +385,7 @@ class _Loader:
             tools=tuple(sorted(set(spec.tools))),
             command=self.command(spec, variables),
             globbed=[is_glob(p) for p in inputs],
+            may_read=[self.path(spec, "may_read", p, variables) for p in spec.may_read],
         )
         self.check_outputs(recipe)
         if spec.table == "rule":
@@ -556,6 +561,13 @@ class _Loader:
     def steps_of(self, recipe: _Recipe, universe: PathIndex) -> list[Step]:
         spec = recipe.spec
         inputs_of = self.input_planner(recipe, universe)
+        may_read_of = None
+        if recipe.may_read:
+            # The same expansion as inputs (stems, globs, existence), minus the stem-driving part.
+            may_read_of = self.input_planner(
+                replace(recipe, inputs=recipe.may_read, globbed=[is_glob(p) for p in recipe.may_read], driver=None),
+                universe,
+            )
         render = Renderer(recipe.command)
         # Everything that is the same for every stem, bound once: this loop runs per stem.
         make = partial(
@@ -584,6 +596,10 @@ class _Loader:
                 command = render(inputs, outputs, stem, depfile)
             except ExpansionError as exc:
                 self.fail_at(spec, "command", str(exc), step_id)
+            may_read: tuple[str, ...] = ()
+            if may_read_of is not None:
+                declared = set(inputs)
+                may_read = tuple(p for p in may_read_of(step_id, stem, outputs, driving) if p not in declared)
             steps.append(
                 make(
                     id=step_id,
@@ -592,6 +608,7 @@ class _Loader:
                     outputs=tuple(outputs),
                     depfile=depfile,
                     normalise=normalise,
+                    may_read=may_read,
                 )
             )
         return steps
