@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from artefacts.normalise import NormaliserError, normalised_digest
 from artefacts.store import Store
 from chefs.discovery import parse_depfile, parse_fls, project_relative
 from chefs.sandbox import bwrap_path, plain_argv, sandbox_argv
@@ -66,8 +67,10 @@ class Cook:
             discovered = await asyncio.to_thread(self._discover, step, task.path)
             modes = [os.stat(task.path / o).st_mode for o in step.outputs]
             stored = await self.store.ingest_outputs([task.path / o for o in step.outputs])
-            outputs = [OutputRef(path=o, digest=d, size=s, executable=bool(m & 0o111))
-                       for o, (d, s), m in zip(step.outputs, stored, modes, strict=True)]
+            cutoffs = await asyncio.gather(*(self._cutoff(step.normalise.get(o), d) for o, (d, _) in
+                                             zip(step.outputs, stored, strict=True)))
+            outputs = [OutputRef(path=o, digest=d, size=s, executable=bool(m & 0o111), cutoff=cut)
+                       for o, (d, s), m, cut in zip(step.outputs, stored, modes, cutoffs, strict=True)]
             return Outcome(ErrorCode.OK, status, outputs=outputs, discovered=discovered, log=log)
         finally:
             await task.remove()
@@ -96,6 +99,15 @@ class Cook:
         if len(text) > LOG_LIMIT:
             text = "[... earlier output cut ...]\n" + text[-LOG_LIMIT:]
         return proc.returncode if proc.returncode is not None else -1, text, timed_out
+
+    async def _cutoff(self, spec: str | None, digest: str) -> str:
+        """The normalised digest that decides early cutoff; "" where no normaliser applies."""
+        if not spec or spec == "none":
+            return ""
+        try:
+            return await asyncio.to_thread(normalised_digest, self.store.path_for(digest), spec)
+        except NormaliserError:
+            return ""  # the MajorDomo checks specs at load; an unknown one only costs cutoff, never correctness
 
     def _discover(self, step: StepRequest, task_dir: Path) -> list[str]:
         found: list[str] = []

@@ -20,11 +20,12 @@ def action_key(
     toolchain: dict[str, str],
     inputs: dict[str, str],
     outputs: tuple[str, ...],
+    normalise: dict[str, str] | None = None,
 ) -> str:
     """`sha256:<hex>` over the expanded command, kind, tool identities, environment, sorted
     (path, digest) inputs (discovered ones included) and the output paths."""
     blob = _enc.encode([
         KEY_FORMAT, PROTOCOL_VERSION, kind, command, sorted(env), sorted(toolchain.items()),
-        sorted(inputs.items()), list(outputs),
+        sorted(inputs.items()), list(outputs), sorted((normalise or {}).items()),
     ])
     return "sha256:" + hashlib.sha256(blob).hexdigest()

@@ -94,9 +94,25 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if not (root / args.file).is_file():
         raise UserError(f"no {args.file} in {root}")
     try:
-        return load_project(root, recipe_file=args.file, overrides=_parse_vars(args.var))
+        project = load_project(root, recipe_file=args.file, overrides=_parse_vars(args.var))
     except RecipeError as exc:
         raise UserError(str(exc)) from None
+    _check_normalisers(project)
+    return project
+
+
+def _check_normalisers(project) -> None:  # type: ignore[no-untyped-def]
+    """Normaliser names are checked against the real list here (the loader checks their syntax)."""
+    if not any(step.normalise for step in project.steps):
+        return
+    from artefacts.normalise import NormaliserError, parse_spec
+
+    for step in project.steps:
+        for glob, spec in step.normalise:
+            try:
+                parse_spec(spec)
+            except NormaliserError as exc:
+                raise UserError(f"{step.origin}: recipe {step.recipe!r}: normalise {glob!r}: {exc}") from None
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -125,6 +125,7 @@ class Build:
         self._probe = ToolProbe(state.dir / "tools.json")
         self._toolchains: dict[tuple[str, str, tuple[str, ...]], dict[str, str] | None] = {}
         self._step_tools: dict[str, tuple[str, ...]] = {}
+        self._normalise_memo: dict[str, dict[str, str]] = {}
         self._served: dict[str, Path] = {}  # digest -> workspace file this pod serves
         self._regenerating: dict[str, asyncio.Task[None]] = {}
         self._done = 0
@@ -297,11 +298,30 @@ class Build:
     def _key(self, step: Step, inputs: dict[str, str], toolchain: dict[str, str]) -> str:
         marked = {p: self._marked(p, d) for p, d in inputs.items()}
         return action_key(kind=step.kind, command=step.command, env=step.env, toolchain=toolchain,
-                          inputs=marked, outputs=step.outputs)
+                          inputs=marked, outputs=step.outputs, normalise=self._normalisers(step))
 
     def _marked(self, path: str, digest: str) -> str:
-        """The digest as keys see it: the executable bit counts (`./build/test` must run)."""
+        """The digest as keys see it: the normalised one where a normaliser applies (early cutoff
+        on consequential changes only), and the executable bit counts (`./build/test` must run)."""
+        digest = self.cutoff.get(path) or digest
         return digest + "+x" if path in self.executable else digest
+
+    def _normalisers(self, step: Step) -> dict[str, str]:
+        """Output path -> normaliser spec, from the recipe's output globs."""
+        if not step.normalise:
+            return {}
+        found = self._normalise_memo.get(step.id)
+        if found is None:
+            from majordomo.recipe_globs import compile_glob
+
+            found = {}
+            for glob, spec in step.normalise:
+                match = compile_glob(glob).fullmatch
+                for out in step.outputs:
+                    if out not in found and match(out):
+                        found[out] = spec
+            self._normalise_memo[step.id] = found
+        return found
 
     def _local_toolchain(self, step: Step) -> dict[str, str] | None:
         """Tool identities without the federation (the embedded chefs run on this machine)."""
@@ -381,6 +401,7 @@ class Build:
                 inputs=self._input_refs(staged, chef.id), outputs=list(step.outputs), pods=self._pods(),
                 env=dict(step.env), tools=list(self._tools_of(step)),
                 depfile=step.depfile, recorder=step.recorder, timeout_s=step.timeout_s,
+                normalise=self._normalisers(step),
                 build_id=self.build_id, attempt=attempt,
             )
             self._load[chef.id] = self._load.get(chef.id, 0) + 1
@@ -445,6 +466,10 @@ class Build:
         for out in outputs:
             self.digests[out.path] = out.digest
             self.sizes[out.path] = out.size
+            if out.cutoff:
+                self.cutoff[out.path] = out.cutoff
+            else:
+                self.cutoff.pop(out.path, None)
             if out.executable:
                 self.executable.add(out.path)
             else:

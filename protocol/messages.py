@@ -50,6 +50,7 @@ class OutputRef(msgspec.Struct, frozen=True):
     digest: str
     size: int
     executable: bool = False
+    cutoff: str = ""  # digest of the normalised bytes, when a normaliser applies
 
 
 class StepRequest(msgspec.Struct, frozen=True, tag="step"):
@@ -66,6 +67,7 @@ class StepRequest(msgspec.Struct, frozen=True, tag="step"):
     tools: list[str] = []  # tools the step needs beyond its kind's own
     depfile: str = ""  # a Makefile-syntax depfile the command writes, read for discovered inputs
     recorder: bool = False  # read LaTeX `-recorder` .fls files for discovered inputs
+    normalise: dict[str, str] = {}  # output path -> normaliser spec; its digest decides early cutoff
     timeout_s: float = 3600.0
     build_id: str = ""
     attempt: int = 1
