@@ -264,7 +264,7 @@ class Chef:
             digest, reason = next(iter(failed.items()))
             path = next(i.path for i in step.inputs if i.digest == digest)
             return self._result(step, ErrorCode.INPUT_UNAVAILABLE, message=f"cannot get input {path}: {reason}",
-                                duration_s=time.monotonic() - started, **pulled)
+                                duration_s=time.monotonic() - started, missing=sorted(failed), **pulled)
         outcome = await self.cook.run(step)
         return self._result(
             step, outcome.code, exit_status=outcome.exit_status, outputs=outcome.outputs,

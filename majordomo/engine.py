@@ -9,11 +9,12 @@ the first step really has to run or an output has to be fetched: a no-op build t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,6 +127,9 @@ class Build:
         self._toolchains: dict[tuple[str, str, tuple[str, ...]], dict[str, str] | None] = {}
         self._step_tools: dict[str, tuple[str, ...]] = {}
         self._normalise_memo: dict[str, dict[str, str]] = {}
+        self._owner_map: dict[str, set[str]] | None = None
+        self._events: list[tuple[str, str, str, dict[str, object]]] = []  # until the federation is up
+        self._publishing: set[asyncio.Task[None]] = set()
         self._served: dict[str, Path] = {}  # digest -> workspace file this pod serves
         self._regenerating: dict[str, asyncio.Task[None]] = {}
         self._done = 0
@@ -141,6 +145,10 @@ class Build:
             await self._execute(units)
         finally:
             self._probe.save()
+            self.report.duration_s = time.monotonic() - started
+            self._publish("build.finished", detail=self.report.as_json())
+            if self._publishing:
+                await asyncio.wait(list(self._publishing), timeout=2)
             if self._fed:
                 self.report.files_pulled += self._fed.puller.files_pulled if self._fed.puller else 0
                 self.report.bytes_pulled += self._fed.puller.bytes_pulled if self._fed.puller else 0
@@ -388,6 +396,7 @@ class Build:
                         attempt: int = 1, *, materialize: bool = True) -> bool:
         fed = await self._federation()
         assert self._jobs
+        self._publish("step.queued", step, detail={"attempt": attempt})
         # The task dir holds every file the step may read; the key only those it did read.
         staged = {**inputs, **{p: self.digests.get(p, ABSENT) for p in step.may_read if p not in inputs}}
         async with self._jobs:
@@ -425,12 +434,12 @@ class Build:
         self.report.files_pulled += result.files_pulled
         self.report.bytes_pulled += result.bytes_pulled
         if result.code == ErrorCode.INPUT_UNAVAILABLE and attempt < 3:
-            # An owner lost the bytes: forget it as owner and try again (a producer may rerun).
-            for path, digest in inputs.items():
-                for pod in self.state.owners([digest]).get(digest, set()):
-                    if pod != self.pod_id and not self._pod_claims(pod, digest):
-                        await self.state.run(lambda d=digest, p=pod: self.state.drop_owner(d, p))
-                del path
+            # The owners of those bytes could not serve them: forget them, and try again; with no
+            # owner left, the producer runs again first (_ensure_available).
+            for digest in result.missing:
+                for pod in list(self._owners().get(digest, ())):
+                    if not self._pod_claims(pod, digest):
+                        await self._drop_owner(digest, pod)
             return await self._run_step(step, key, inputs, toolchain, attempt + 1, materialize=materialize)
         if not result.ok:
             await self.state.run(lambda: self.state.record_failure(step.id, key, chef.id, result.log))
@@ -449,6 +458,8 @@ class Build:
         final_key = self._key(step, final_inputs, toolchain) if discovered or final_inputs != inputs else key
         detail = KeyDetail(command=step.command, toolchain=toolchain, env=list(step.env),
                            inputs={p: self._marked(p, d) for p, d in final_inputs.items()})
+        for out in result.outputs:
+            self._owners().setdefault(out.digest, set()).add(result.chef_id)
         await self.state.run(lambda: self.state.record_result(
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log,
             detail))
@@ -532,7 +543,7 @@ class Build:
             st = os.stat(dest)
             await self.state.run(lambda o=out, s=st: self.state.record_produced(
                 o.path, o.digest, step.id, stat_entry(s, o.digest)))
-            await self.state.run(lambda o=out: self.state.add_owner(o.digest, self.pod_id, o.size))
+            await self._add_owner(out.digest, self.pod_id, out.size)
             self._served[out.digest] = dest
         return True
 
@@ -569,6 +580,11 @@ class Build:
                     await fed.stop()
                     raise
                 self._fed = fed
+                self._publish("build.started", detail={"targets": self.options.targets, "total": self.total,
+                                                       "chefs": [c.id for c in self._chefs]})
+                for entry in self._events:
+                    self._send(fed, entry)
+                self._events.clear()
                 slots = sum(c.slots for c in self._chefs)
                 self._jobs = asyncio.Semaphore(self.options.jobs or max(1, slots))
             return self._fed
@@ -603,21 +619,31 @@ class Build:
                 return f"no chef has tool {', '.join(missing)} needed by {step.id} ({step.origin})"
         return f"no chef can cook {step.id}: kind {step.kind!r} with tools {', '.join(tools)}"
 
-    def _place(self, step: Step, inputs: dict[str, str], toolchain: dict[str, str]) -> ChefInfo | None:
-        """Capable chefs first; then the one owning the most input bytes; then the least loaded."""
-        capable = [c for c in self._chefs
-                   if step.kind in c.kinds and all(c.tools.get(t) == v for t, v in toolchain.items())]
-        if not capable:
-            return None
-        owners = self.state.owners(set(inputs.values()))
-        def score(chef: ChefInfo) -> tuple[int, float, str]:
-            owned = sum(self.sizes.get(p, 0) for p, d in inputs.items() if chef.id in owners.get(d, ()))
-            return (-owned, self._load.get(chef.id, 0) / max(1, chef.slots), chef.id)
-        return min(capable, key=score)
+    def _place(self, step: Step, staged: dict[str, str], toolchain: dict[str, str]) -> ChefInfo | None:
+        from majordomo.placement import place
+
+        inputs = [(d, self.sizes.get(p, 0)) for p, d in staged.items() if d != ABSENT]
+        decision = place(step.kind, toolchain, inputs, self._chefs, self._owners(), self._load)
+        self._publish("step.placed", step, decision.chef.id if decision.chef else "", decision.as_detail())
+        return decision.chef
+
+    async def _add_owner(self, digest: str, pod: str, size: int) -> None:
+        self._owners().setdefault(digest, set()).add(pod)
+        await self.state.run(lambda: self.state.add_owner(digest, pod, size))
+
+    async def _drop_owner(self, digest: str, pod: str) -> None:
+        self._owners().get(digest, set()).discard(pod)
+        await self.state.run(lambda: self.state.drop_owner(digest, pod))
+
+    def _owners(self) -> dict[str, set[str]]:
+        """The ownership map in memory: loaded once, then kept current with each result."""
+        if self._owner_map is None:
+            self._owner_map = self.state.load_owners()
+        return self._owner_map
 
     def _live_owners(self, digest: str) -> list[str]:
         live = {c.id for c in self._chefs}
-        owners = [p for p in sorted(self.state.owners([digest]).get(digest, set())) if p in live]
+        owners = [p for p in sorted(self._owners().get(digest, ())) if p in live]
         if digest in self._served:
             owners.append(self.pod_id)
         return owners
@@ -684,7 +710,44 @@ class Build:
         else:
             r.steps_skipped += 1
         self.on_step(outcome, self._done, self.total)
+        if outcome.state == "cached":
+            self._publish("step.cached", outcome.step)
+        elif outcome.state == "skipped":
+            self._publish("step.skipped", outcome.step, detail={"message": outcome.message})
+        elif outcome.state == "failed" and not outcome.chef:  # chefs publish the failures they see
+            self._publish("step.failed", outcome.step, detail={"message": outcome.message})
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _publish(self, kind: str, step: Step | None = None, chef: str = "",
+                 detail: dict[str, object] | None = None) -> None:
+        """Publish an event on `<fed>.events.<kind>`; before the federation is up, keep it for later
+        (a no-op build never connects, and its buffered events are simply dropped)."""
+        entry = (kind, step.id if step else "", chef, detail or {})
+        fed = self._fed
+        if fed is None or fed.nc is None:
+            self._events.append(entry)
+            return
+        self._send(fed, entry)
+
+    def _send(self, fed: Federation, entry: tuple[str, str, str, dict[str, object]]) -> None:
+        from protocol.messages import Event, encode_json
+
+        kind, step_id, chef, detail = entry
+        event = Event(kind=kind, at=time.time(), source=f"majordomo:{self.pod_id}", build_id=self.build_id,
+                      step_id=step_id, chef_id=chef, detail=detail)
+        assert fed.nc
+        task = asyncio.get_running_loop().create_task(
+            _quiet(fed.nc.publish(subjects.events(self.options.federation, kind), encode_json(event))))
+        self._publishing.add(task)  # asyncio keeps only weak references to tasks
+        task.add_done_callback(self._publishing.discard)
 
 
 def _short(digest: str) -> str:
     return "absent" if digest == ABSENT else digest.split(":", 1)[-1][:12]
+
+
+async def _quiet(publishing: Awaitable[None]) -> None:
+    """Events are best effort: a publish that fails must never fail the build."""
+    with contextlib.suppress(Exception):
+        await publishing

@@ -137,12 +137,11 @@ class State:
     def load_produced(self) -> dict[str, tuple[str, str]]:
         return {r[0]: (r[1], r[2]) for r in self._db.execute("SELECT path, digest, step_id FROM produced")}
 
-    def owners(self, digests: Iterable[str]) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        for d in digests:
-            for (pod,) in self._db.execute("SELECT pod FROM owners WHERE digest=?", (d,)):
-                out.setdefault(d, set()).add(pod)
-        return out
+    def load_owners(self) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for digest, pod in self._db.execute("SELECT digest, pod FROM owners"):
+            found.setdefault(digest, set()).add(pod)
+        return found
 
     def step_log(self, step_id: str) -> tuple[str, bool, str, float] | None:
         row = self._db.execute("SELECT log, ok, chef_id, at FROM logs WHERE step_id=?", (step_id,)).fetchone()

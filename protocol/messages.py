@@ -87,6 +87,7 @@ class StepResult(msgspec.Struct, frozen=True, tag="result"):
     bytes_pulled: int = 0
     files_pulled: int = 0
     attempt: int = 1
+    missing: list[str] = []  # digests no owner could serve (code input_unavailable)
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,65 @@
+"""Every state change of a build is an event anyone can watch on `<fed>.events.>`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import nats
+from conftest import majordomo, write_project
+
+RECIPE = """
+[[step]]
+name = "one"
+inputs = ["a.txt"]
+outputs = ["out/one.txt"]
+command = "cp $< $@"
+
+[[step]]
+name = "two"
+inputs = ["out/one.txt"]
+outputs = ["out/two.txt"]
+command = "cp $< $@"
+
+[[step]]
+name = "broken"
+inputs = ["a.txt"]
+outputs = ["out/broken.txt"]
+command = "exit 1"
+"""
+
+
+async def test_build_publishes_its_story(tmp_path: Path, federation) -> None:
+    project = write_project(tmp_path / "p", RECIPE, {"a.txt": "x\n"})
+    nc = await nats.connect(federation.url, name="test-events")
+    seen: list[dict] = []
+    finished = asyncio.Event()
+
+    async def collect(msg) -> None:  # type: ignore[no-untyped-def]
+        event = json.loads(msg.data)
+        seen.append(event)
+        if event["kind"] == "build.finished":
+            finished.set()
+
+    await nc.subscribe("cp.events.>", cb=collect)
+    await nc.flush()
+    try:
+        run = await asyncio.to_thread(majordomo, project, "build", "--json", "--nats", federation.url,
+                                      env=federation.env)
+        assert run.code == 1
+        await asyncio.wait_for(finished.wait(), 10)
+    finally:
+        await nc.close()
+    kinds = [(e["kind"], e["step_id"]) for e in seen if e["source"].startswith("majordomo:")]
+    assert ("build.started", "") in kinds and ("build.finished", "") in kinds
+    for step in ("one", "two", "broken"):
+        assert ("step.queued", step) in kinds and ("step.placed", step) in kinds
+    placed = next(e for e in seen if e["kind"] == "step.placed" and e["step_id"] == "two")
+    assert placed["chef_id"] in federation.ids and placed["detail"]["reason"]
+    assert {c["chef"] for c in placed["detail"]["candidates"]} == set(federation.ids)
+    chef_events = {(e["kind"], e["step_id"]) for e in seen if e["source"] in federation.ids}
+    assert ("step.done", "two") in chef_events and ("step.failed", "broken") in chef_events
+    summary = next(e for e in seen if e["kind"] == "build.finished")["detail"]
+    assert summary["steps_run"] == 2 and summary["steps_failed"] == 1
+    assert len({e["build_id"] for e in seen if e["source"].startswith("majordomo:")}) == 1
