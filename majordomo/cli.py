@@ -48,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     b.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     b.add_argument("-v", "--verbose", action="store_true", help="also print cached steps and commands")
+    w = sub.add_parser("watch", help="build, then rebuild whenever a file changes (Ctrl-C stops)")
+    w.add_argument("targets", nargs="*", metavar="TARGET")
+    w.add_argument("-C", dest="directory", type=Path, default=Path("."))
+    w.add_argument("-f", "--file", default="majordomo.toml")
+    w.add_argument("-j", "--jobs", type=int, default=0)
+    w.add_argument("--nats", default=None)
+    w.add_argument("--federation", default=None)
+    w.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
+    w.add_argument("-q", "--quiet", action="store_true")
+    w.add_argument("-v", "--verbose", action="store_true")
+    w.add_argument("--rescan", type=float, default=30.0, metavar="SECONDS",
+                   help="check everything this often even without file events (default 30)")
     ex = sub.add_parser("explain", help="say why each step would run, or that it is up to date")
     ex.add_argument("targets", nargs="*", metavar="TARGET")
     ex.add_argument("-C", dest="directory", type=Path, default=Path("."))
@@ -68,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             return _log(args)
         if args.command == "explain":
             return _explain(args)
+        if args.command == "watch":
+            return _watch(args)
     except UserError as exc:
         print(f"majordomo: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -95,9 +109,9 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise UserError(f"no {args.file} in {root}")
     try:
         project = load_project(root, recipe_file=args.file, overrides=_parse_vars(args.var))
+        _check_normalisers(project)
     except RecipeError as exc:
         raise UserError(str(exc)) from None
-    _check_normalisers(project)
     return project
 
 
@@ -106,13 +120,16 @@ def _check_normalisers(project) -> None:  # type: ignore[no-untyped-def]
     if not any(step.normalise for step in project.steps):
         return
     from artefacts.normalise import NormaliserError, parse_spec
+    from majordomo.recipes import RecipeError
 
     for step in project.steps:
         for glob, spec in step.normalise:
             try:
                 parse_spec(spec)
             except NormaliserError as exc:
-                raise UserError(f"{step.origin}: recipe {step.recipe!r}: normalise {glob!r}: {exc}") from None
+                file, _, line = step.origin.rpartition(":")
+                raise RecipeError(file, int(line) if line.isdigit() else None, f"normalise {glob!r}: {exc}",
+                                  recipe=step.recipe) from None
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -160,6 +177,35 @@ async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[
         if isinstance(exc, NatsUnreachable | FederationError):
             raise UserError(str(exc)) from None
         raise
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from majordomo.engine import BuildOptions
+    from majordomo.progress import LineReporter
+    from majordomo.recipes import load_project
+    from majordomo.watch import WatchOptions, watch
+    from protocol import subjects
+
+    project = _load(args)  # a broken recipe at start is an error; later ones are reported and waited out
+    root = project.root
+    overrides = _parse_vars(args.var)
+    reporter = LineReporter(sys.stdout, quiet=args.quiet, verbose=args.verbose)
+    options = WatchOptions(
+        build=BuildOptions(targets=args.targets, jobs=max(0, args.jobs), nats_url=args.nats or _config_nats(),
+                           federation=args.federation or subjects.DEFAULT_FEDERATION),
+        rescan_s=max(0.5, args.rescan),
+    )
+
+    def load():  # type: ignore[no-untyped-def]
+        loaded = load_project(root, recipe_file=args.file, overrides=overrides)
+        _check_normalisers(loaded)
+        return loaded
+
+    try:
+        asyncio.run(watch(root, load, options, sys.stdout, reporter.summary, on_step=reporter.step))
+    except KeyboardInterrupt:
+        print("majordomo: watch stopped", file=sys.stderr)
+    return EXIT_OK
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -104,7 +104,8 @@ Listener = Callable[[StepOutcome, int, int], None]
 
 
 class Build:
-    def __init__(self, project: Project, state: State, options: BuildOptions, on_step: Listener | None = None) -> None:
+    def __init__(self, project: Project, state: State, options: BuildOptions, on_step: Listener | None = None,
+                 shared: Federation | None = None) -> None:
         self.project = project
         self.root = project.root
         self.state = state
@@ -119,6 +120,8 @@ class Build:
         self.cutoff: dict[str, str] = {}  # path -> normalised digest, where a normaliser applies
         self._latest: dict[str, tuple[list[OutputRef], str | None]] = {}  # step id -> outputs, producer
         self._fed: Federation | None = None
+        self._shared = shared  # a federation that outlives this build (`watch`); not ours to stop
+        self._pulled_base = (0, 0)
         self._fed_lock = asyncio.Lock()
         self._chefs: list[ChefInfo] = []
         self._load: dict[str, int] = {}
@@ -150,9 +153,11 @@ class Build:
             if self._publishing:
                 await asyncio.wait(list(self._publishing), timeout=2)
             if self._fed:
-                self.report.files_pulled += self._fed.puller.files_pulled if self._fed.puller else 0
-                self.report.bytes_pulled += self._fed.puller.bytes_pulled if self._fed.puller else 0
-                await self._fed.stop()
+                if self._fed.puller:  # a shared puller counts for several builds: take our share
+                    self.report.files_pulled += self._fed.puller.files_pulled - self._pulled_base[0]
+                    self.report.bytes_pulled += self._fed.puller.bytes_pulled - self._pulled_base[1]
+                if self._fed is not self._shared:
+                    await self._fed.stop()
         self.report.duration_s = time.monotonic() - started
         self.report.ok = self.report.steps_failed == 0 and self.report.steps_skipped == 0
         await self.state.run(lambda: self.state.record_build(
@@ -565,21 +570,25 @@ class Build:
 
         async with self._fed_lock:
             if self._fed is None:
-                fed = Federation(self.root, self.pod_id, self.options.nats_url, self.options.federation,
-                                 resolve=self._resolve, sftp_listen=self.options.sftp_listen,
-                                 advertise_host=self.options.advertise_host)
+                fed = self._shared or Federation(
+                    self.root, self.pod_id, self.options.nats_url, self.options.federation,
+                    sftp_listen=self.options.sftp_listen, advertise_host=self.options.advertise_host)
+                fed.resolve = self._resolve
                 try:
-                    await fed.start()
+                    if fed.nc is None:
+                        await fed.start()
                     self._chefs = await fed.chefs()
                     if not self._chefs:
                         raise FederationError(f"no chefs are registered in federation {self.options.federation!r}")
                 except (NatsUnreachable, FederationError) as exc:
-                    await fed.stop()
+                    await fed.stop()  # a shared one too: the next build of a watch starts afresh
                     raise BuildError(str(exc)) from None
                 except BaseException:
                     await fed.stop()
                     raise
                 self._fed = fed
+                if fed.puller:
+                    self._pulled_base = (fed.puller.files_pulled, fed.puller.bytes_pulled)
                 self._publish("build.started", detail={"targets": self.options.targets, "total": self.total,
                                                        "chefs": [c.id for c in self._chefs]})
                 for entry in self._events:

@@ -106,7 +106,7 @@ class Federation:
         self.pod_id = pod_id
         self.nats_url = nats_url
         self.federation = federation
-        self.resolve = resolve or (lambda _d: None)
+        self.resolve: Callable[[str], Path | None] = resolve or (lambda _d: None)
         self.sftp_listen = sftp_listen
         self.advertise_host = advertise_host
         self.nc: NATS | None = None
@@ -134,7 +134,8 @@ class Federation:
         lines = [public_key_line(fed_key)]
         if extra and Path(extra).exists():
             lines += [ln.strip() for ln in Path(extra).read_text().splitlines() if ln.strip()]
-        self.sftp = ArtefactServer(self.resolve, host_key, lines)
+        # Through an indirection: `watch` points one long-lived server at each new build's files.
+        self.sftp = ArtefactServer(lambda digest: self.resolve(digest), host_key, lines)
         host, _port = await self.sftp.start(*self.sftp_listen)
         self.pod = Pod(id=self.pod_id, sftp=self.sftp.endpoint(self.advertise_host or host))
         # Final outputs are fetched straight into the workspace; the store only holds temp files.
@@ -167,6 +168,7 @@ class Federation:
         return found
 
     async def stop(self) -> None:
+        """Stop what was started; safe to call twice, and `start` may follow (watch retries)."""
         if self.local_chefs:
             await self.local_chefs.stop()
         if self.nc:
@@ -178,6 +180,9 @@ class Federation:
             await self.puller.close()
         if self.sftp:
             await self.sftp.stop()
+        self.local_chefs = self.nc = self.embedded = self.puller = self.sftp = None
+        self.pod = None
+        self._chefs_kv = None
 
 
 def endpoint_of(chef: ChefInfo) -> SftpEndpoint:
