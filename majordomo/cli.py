@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import sys
-import tomllib
 from pathlib import Path
 from typing import TextIO
 
@@ -20,9 +17,11 @@ def _config_nats() -> str | None:
         return url
     path = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "computepods" / "config.toml"
     if path.exists():
+        import tomllib
+
         try:
             return tomllib.loads(path.read_text()).get("nats") or None
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # TOMLDecodeError is a ValueError
             raise UserError(f"{path}: {exc}") from None
     return None
 
@@ -133,11 +132,41 @@ def _check_normalisers(project) -> None:  # type: ignore[no-untyped-def]
 
 
 def _build(args: argparse.Namespace) -> int:
+    from majordomo import noop
+
+    root = args.directory.resolve()
+    nats_url = args.nats or _config_nats()
+    # The stamp vouches for the local toolchain only: with a remote federation, chefs decide.
+    stamp_key = repr((args.targets, args.var, args.file, args.federation)) if nats_url is None else None
+    if stamp_key and not args.verbose:
+        steps = noop.check_stamp(str(root), stamp_key)
+        if steps is not None:
+            return _report_noop(args, steps)
+    noop.remove_stamp(str(root)) if (root / ".majordomo").is_dir() else None
+    return _full_build(args, nats_url, stamp_key)
+
+
+def _report_noop(args: argparse.Namespace, steps: int) -> int:
+    import json
+
+    summary = {"ok": True, "steps_run": 0, "steps_cached": steps, "steps_failed": 0, "steps_skipped": 0,
+               "chefs": [], "files_pulled": 0, "bytes_pulled": 0, "duration_s": 0.0}
+    human = sys.stderr if args.json else sys.stdout
+    print(f"build ok: nothing changed, {steps} steps up to date", file=human)
+    if args.json:
+        print(json.dumps(summary))
+    return EXIT_OK
+
+
+def _full_build(args: argparse.Namespace, nats_url: str | None, stamp_key: str | None) -> int:
+    import asyncio
+    import json
+
+    from majordomo import noop
     from majordomo.progress import LineReporter
     from majordomo.state import State, StateError
 
     project = _load(args)
-    nats_url = args.nats or _config_nats()
     try:
         state = State(project.root)
     except StateError as exc:
@@ -145,9 +174,13 @@ def _build(args: argparse.Namespace) -> int:
     human: TextIO = sys.stderr if args.json else sys.stdout
     reporter = LineReporter(human, quiet=args.quiet, verbose=args.verbose)
     try:
-        report = asyncio.run(_run_build(project, state, args, nats_url, reporter))
+        report, build = asyncio.run(_run_build(project, state, args, nats_url, reporter))
     finally:
         state.close()
+    if report.ok and stamp_key is not None:
+        files, tools = build.stamp_inputs()
+        noop.write_stamp(str(project.root), stamp_key, args.file, files, tools,
+                         report.steps_run + report.steps_cached)
     reporter.summary(report)
     if args.json:
         print(json.dumps(report.as_json()), flush=True)
@@ -166,7 +199,7 @@ async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[
                            sftp_listen=(host, int(port)), advertise_host=args.advertise)
     build = Build(project, state, options, on_step=reporter.step)
     try:
-        return await build.run()
+        return await build.run(), build
     except BuildError as exc:
         raise UserError(str(exc)) from None
     except Exception as exc:
@@ -180,6 +213,8 @@ async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[
 
 
 def _watch(args: argparse.Namespace) -> int:
+    import asyncio
+
     from majordomo.engine import BuildOptions
     from majordomo.progress import LineReporter
     from majordomo.recipes import load_project
@@ -209,6 +244,8 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    import asyncio
+
     from majordomo.engine import Build, BuildError, BuildOptions
     from majordomo.explain import explain
     from majordomo.state import State

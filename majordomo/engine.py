@@ -173,8 +173,17 @@ class Build:
         except GraphError as exc:
             raise BuildError(str(exc)) from None
         self.graph = graph
-        await self._scan_sources(graph, [s for unit in units for s in unit])
+        self._order = [s for unit in units for s in unit]
+        await self._scan_sources(graph, self._order)
         return units
+
+    def stamp_inputs(self) -> tuple[list[str], list[str]]:
+        """What the no-op stamp must watch after a successful build: every file the steps read
+        that no step makes, every output left in the workspace, and the tools in the keys."""
+        files = self.graph.sources_of(self._order)
+        files += [o for s in self._order for o in s.outputs if self.graph.is_final(o)]
+        tools = sorted({t for s in self._order for t in self._tools_of(s)})
+        return files, tools
 
     async def _scan_sources(self, graph: BuildGraph, order: list[Step]) -> None:
         paths = graph.sources_of(order)

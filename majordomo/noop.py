@@ -1,0 +1,123 @@
+"""The no-op fast path: prove "nothing changed" from file stats alone, before loading anything.
+
+After a fully successful build, the stamp `.majordomo/noop.stamp` records what that result
+depended on: the build's arguments, the recipe file, every project directory (an added or
+removed file changes its directory), every source and discovered input, every output left in the
+workspace, and the tool binaries. The next `majordomo build` compares those stats first; if
+all match, nothing can have changed and it exits without importing the engine, the recipe
+loader or asyncio. That is what ninja does with `.ninja_log` and mtimes.
+
+It is conservative: any difference or unreadable stamp sends the build down the normal path,
+which decides from content digests. A file changed again within one tick of the kernel's
+coarse clock could keep its mtime, so the stamp is taken only once every recorded mtime is
+older than a tick (waiting at most ~20 ms after a build that just wrote outputs), and never on
+a filesystem whose times have whole-second granularity.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import shutil
+import time
+
+STAMP_FORMAT = 1
+# File times come from the kernel's coarse clock (one tick, at most ~10 ms, behind the fine one):
+# an entry stat'ed less than a tick after its last change could change again unseen.
+TICK_MARGIN_NS = 20_000_000
+_Stat = tuple[int, int, int, int]  # size, mtime_ns, ino, ctime_ns
+
+
+def _stat(path: str) -> _Stat | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def stamp_path(root: str) -> str:
+    return os.path.join(root, ".majordomo", "noop.stamp")
+
+
+def _project_dirs(root: str) -> list[str]:
+    """Every directory a glob could look into (the recipe loader's walk: dot-dirs skipped)."""
+    found = [""]
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = os.scandir(os.path.join(root, rel) if rel else root)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                found.append(child)
+                stack.append(child)
+    return found
+
+
+def write_stamp(root: str, args_key: str, recipe_file: str, files: list[str], tools: list[str],
+                steps: int) -> None:
+    """Record the stats that vouch for a successful build (or remove the stamp if they cannot)."""
+    for _attempt in range(2):
+        now = time.time_ns()
+        entries: list[tuple[str, _Stat | None]] = [(p, _stat(os.path.join(root, p))) for p in files]
+        dirs = [(d, _stat(os.path.join(root, d) if d else root)) for d in _project_dirs(root)]
+        recipe = _stat(os.path.join(root, recipe_file))
+        stats = [s for _, s in (*entries, *dirs, ("", recipe)) if s is not None]
+        newest = max((s[1] for s in stats), default=0)
+        if newest < now - TICK_MARGIN_NS:
+            break
+        # Just written (a fetched output): let a tick pass, then look again.
+        time.sleep((newest + TICK_MARGIN_NS - now) / 1e9 + 0.001)
+    else:
+        remove_stamp(root)
+        return
+    if recipe is None or (stats and all(s[1] % 1_000_000_000 == 0 for s in stats)):
+        remove_stamp(root)  # whole-second file times: a stat cannot vouch for anything
+        return
+    tool_stats = []
+    for tool in tools:
+        found = shutil.which(tool)
+        real = os.path.realpath(found) if found else ""
+        tool_stats.append((tool, real, _stat(real) if real else None))
+    path = stamp_path(root)
+    data = (STAMP_FORMAT, args_key, recipe_file, recipe, entries, dirs, tool_stats, steps)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        marshal.dump(data, f)
+    os.replace(tmp, path)
+
+
+def remove_stamp(root: str) -> None:
+    try:
+        os.unlink(stamp_path(root))
+    except FileNotFoundError:
+        pass
+
+
+def check_stamp(root: str, args_key: str) -> int | None:
+    """The number of up-to-date steps if the stamp still vouches for everything, else None."""
+    try:
+        with open(stamp_path(root), "rb") as f:
+            data = marshal.load(f)
+        fmt, key, recipe_file, recipe, entries, dirs, tool_stats, steps = data
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if fmt != STAMP_FORMAT or key != args_key or _stat(os.path.join(root, recipe_file)) != recipe:
+        return None
+    for rel, st in dirs:
+        if _stat(os.path.join(root, rel) if rel else root) != st:
+            return None
+    for rel, st in entries:
+        if _stat(os.path.join(root, rel)) != st:
+            return None
+    for tool, real, st in tool_stats:
+        found = shutil.which(tool)
+        if (os.path.realpath(found) if found else "") != real or (real and _stat(real) != st):
+            return None
+    return steps

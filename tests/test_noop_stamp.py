@@ -1,0 +1,61 @@
+"""The no-op fast path trusts file stats only while they prove nothing changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import majordomo, write_project
+
+RECIPE = """
+[[rule]]
+name = "upper"
+inputs = ["src/%.txt"]
+outputs = ["build/%.up"]
+command = "tr a-z A-Z < $< > $@"
+
+[[step]]
+name = "join"
+inputs = ["build/*.up"]
+outputs = ["build/all.txt"]
+command = "cat $^ > $@"
+"""
+FAST = "nothing changed"
+
+
+def test_stamp_is_used_only_while_nothing_changed(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", RECIPE, {"src/a.txt": "a\n", "src/b.txt": "b\n"})
+    assert majordomo(project, "build").code == 0
+    fast = majordomo(project, "build", "--json")
+    assert FAST in fast.stderr and fast.summary["steps_cached"] == 3 and fast.summary["steps_run"] == 0
+
+    (project / "src/b.txt").write_text("bee\n")  # content
+    run = majordomo(project, "build", "--json")
+    assert FAST not in run.stderr and run.summary["steps_run"] == 2
+    assert (project / "build/all.txt").read_text() == "A\nBEE\n"
+    assert FAST in majordomo(project, "build").stdout
+
+    (project / "src/c.txt").write_text("c\n")  # a new file the pattern rule and the glob pick up
+    run = majordomo(project, "build", "--json")
+    assert FAST not in run.stderr and run.summary["steps_run"] == 2
+    assert (project / "build/all.txt").read_text() == "A\nBEE\nC\n"
+
+    (project / "build/all.txt").unlink()  # an output removed
+    run = majordomo(project, "build", "--json")
+    assert FAST not in run.stderr and (project / "build/all.txt").read_text() == "A\nBEE\nC\n"
+
+    (project / "majordomo.toml").write_text(RECIPE.replace("cat $^", "cat $^ $^"))  # the recipe
+    run = majordomo(project, "build", "--json")
+    assert FAST not in run.stderr and run.summary["steps_run"] == 1
+
+    # Another target is another question: the stamp of one never answers for the other.
+    run = majordomo(project, "build", "--json", "build/a.up")
+    assert FAST not in run.stderr and run.summary["steps_cached"] == 1
+
+
+def test_failed_build_leaves_no_stamp(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", RECIPE, {"src/a.txt": "a\n"})
+    assert majordomo(project, "build").code == 0
+    (project / "majordomo.toml").write_text(RECIPE.replace("tr a-z A-Z", "false &&"))
+    assert majordomo(project, "build").code == 1
+    assert not (project / ".majordomo" / "noop.stamp").exists()
+    assert majordomo(project, "build").code == 1  # still failing: no stamp may claim otherwise
