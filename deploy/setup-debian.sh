@@ -8,6 +8,7 @@ APT_PACKAGES=(
   coreutils gcc libc6-dev make bubblewrap iproute2 procps
   texlive-latex-base texlive-latex-recommended texlive-bibtex-extra
   biber latexmk poppler-utils
+  chromium chromium-driver
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -1,0 +1,295 @@
+"""Watching a federation: events, the chef registry, micro-service stats, server info, Prometheus text.
+
+Shared by `majordomo status`, the dashboard and (for `render_prometheus`) anyone exposing metrics.
+Everything here reads; nothing creates buckets or publishes, so looking never changes what is seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from protocol import subjects
+from protocol.messages import ChefInfo, Event, Ownership, decoder
+
+BUCKET_READ_TIMEOUT_S = 5.0
+
+_event_decoder = msgspec.json.Decoder(Event)
+_chef_decoder = decoder(ChefInfo)
+_owner_decoder = decoder(Ownership)
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+def decode_event(data: bytes) -> Event | None:
+    """An Event from its JSON, or None: a malformed event from one pod must not stop a watcher."""
+    try:
+        return _event_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+async def subscribe_events(nc: NATS, federation: str, on_event: Callable[[Event], Awaitable[None] | None],
+                           kind: str = ">") -> Subscription:
+    """Call `on_event` for every event of the federation (or of one kind); undecodable ones are skipped."""
+
+    async def handler(msg: Msg) -> None:
+        event = decode_event(msg.data)
+        if event is not None:
+            result = on_event(event)
+            if result is not None:
+                await result
+
+    return await nc.subscribe(subjects.events(federation, kind), cb=handler)
+
+
+# -- registry and ownership -----------------------------------------------------------------------
+
+async def read_bucket(nc: NATS, bucket: str, *, timeout_s: float = BUCKET_READ_TIMEOUT_S) -> dict[str, bytes] | None:
+    """Every live key of a KV bucket in one ordered-consumer pass (not one request per key).
+
+    None when the bucket does not exist: a reader never creates it, or it would fix its TTL.
+    """
+    js = nc.jetstream()
+    try:
+        kv = await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return None
+    watcher = await kv.watchall(ignore_deletes=True)
+    found: dict[str, bytes] = {}
+    try:
+        while True:
+            entry = await watcher.updates(timeout=timeout_s)
+            if entry is None:  # the marker after the last current value
+                break
+            if entry.value:
+                found[entry.key] = entry.value
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
+    return found
+
+
+async def read_chefs(nc: NATS, federation: str = subjects.DEFAULT_FEDERATION) -> list[ChefInfo]:
+    """The chefs whose registry entries have not expired, sorted by id."""
+    raw = await read_bucket(nc, subjects.chefs_bucket(federation)) or {}
+    chefs: list[ChefInfo] = []
+    for value in raw.values():
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            chefs.append(_chef_decoder.decode(value))
+    return sorted(chefs, key=lambda c: c.id)
+
+
+async def owned_bytes(nc: NATS, federation: str = subjects.DEFAULT_FEDERATION) -> dict[str, int] | None:
+    """Bytes each pod owns according to the ownership bucket; None when the federation keeps none."""
+    raw = await read_bucket(nc, subjects.owners_bucket(federation))
+    if raw is None:
+        return None
+    totals: dict[str, int] = {}
+    for value in raw.values():
+        try:
+            owned = _owner_decoder.decode(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        for pod in owned.owners:
+            totals[pod] = totals.get(pod, 0) + owned.size
+    return totals
+
+
+# -- NATS micro services and the server -----------------------------------------------------------
+
+async def micro_gather(nc: NATS, verb: str, service: str, *, expect: int = 0, timeout_s: float = 1.0,
+                       keep: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+    """Scatter-gather `$SRV.<verb>.<service>`: stop once `expect` kept replies arrived, else at the timeout.
+
+    Knowing how many chefs the registry lists lets the common case return without waiting out the
+    timeout; the timeout only bounds the wait for a chef that is gone or slow. `keep` filters
+    replies (services of other federations on the same NATS answer too).
+    """
+    inbox = nc.new_inbox()
+    replies: list[dict[str, Any]] = []
+    enough = asyncio.Event()
+
+    async def collect(msg: Msg) -> None:
+        try:
+            reply = json.loads(msg.data)
+        except ValueError:
+            return
+        if isinstance(reply, dict) and (keep is None or keep(reply)):
+            replies.append(reply)
+        if expect and len(replies) >= expect:
+            enough.set()
+
+    sub = await nc.subscribe(inbox, cb=collect)
+    try:
+        await nc.publish(f"$SRV.{verb}.{service}", b"", reply=inbox)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(enough.wait(), timeout_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return replies
+
+
+@dataclass
+class ServerInfo:
+    """The NATS server a connection is on, from the INFO it sent us."""
+
+    url: str
+    name: str = ""
+    id: str = ""
+    version: str = ""
+    cluster: str = ""
+    jetstream: bool = False
+    known_servers: list[str] = field(default_factory=list)  # the pool, discovered cluster members included
+
+
+def server_info(nc: NATS) -> ServerInfo:
+    # nats-py keeps the server's INFO only in a private attribute; it is the one place it exists.
+    info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
+    url = nc.connected_url
+    return ServerInfo(
+        url=url.geturl() if url else "",
+        name=str(info.get("server_name", "")),
+        id=str(info.get("server_id", "")),
+        version=str(info.get("version", "")),
+        cluster=str(info.get("cluster", "")),
+        jetstream=bool(info.get("jetstream", False)),
+        known_servers=[s.geturl() for s in nc.servers],
+    )
+
+
+# -- Prometheus text exposition format ------------------------------------------------------------
+
+LabelKey = tuple[tuple[str, str], ...]
+"""Labels of one series: sorted (name, value) pairs; `labels(outcome="ok")` makes one."""
+
+
+def labels(**pairs: object) -> LabelKey:
+    return tuple(sorted((k, str(v)) for k, v in pairs.items()))
+
+
+DEFAULT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+# The metrics the federation exposes, and their help text; other names render with a generic help.
+METRICS: dict[str, tuple[str, str]] = {
+    "computepods_steps_total": ("counter", "Steps finished, by outcome (ok, failed, cached, ...)."),
+    "computepods_step_duration_seconds": ("histogram", "Wall time of steps, pulling inputs included."),
+    "computepods_bytes_pulled_total": ("counter", "Artefact bytes pulled from other pods over SFTP."),
+    "computepods_bytes_served_total": ("counter", "Artefact bytes served to other pods over SFTP."),
+    "computepods_store_bytes": ("gauge", "Bytes held in this pod's content store."),
+    "computepods_lease_losses_total": ("counter", "Times this pod lost a lease it held."),
+}
+
+
+@dataclass
+class Histogram:
+    """A Prometheus histogram: per-bucket counts (not cumulative), their sum and count."""
+
+    buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    counts: list[int] = field(default_factory=list)
+    sum: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.buckets = tuple(sorted(self.buckets))
+        if not self.counts:
+            self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        self.count += 1
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+                return  # above the last bound it is counted only in +Inf, which is `count`
+
+
+Number = int | float
+Series = Number | Mapping[LabelKey, Number]
+HistSeries = Histogram | Mapping[LabelKey, Histogram]
+
+_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _value(v: float) -> str:
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, int):
+        return str(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(float(v))
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labelset(key: Iterable[tuple[str, str]], extra: tuple[str, str] | None = None) -> str:
+    pairs = list(key) + ([extra] if extra else [])
+    for name, _ in pairs:
+        if not _LABEL_RE.match(name) or name.startswith("__"):
+            raise ValueError(f"invalid label name {name!r}")
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{n}="{_escape_label(v)}"' for n, v in pairs) + "}"
+
+
+def _header(lines: list[str], name: str, kind: str, help_text: str) -> None:
+    if not _NAME_RE.match(name):
+        raise ValueError(f"invalid metric name {name!r}")
+    lines.append(f"# HELP {name} {help_text.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}")
+    lines.append(f"# TYPE {name} {kind}")
+
+
+def render_prometheus(counters: Mapping[str, Series], histograms: Mapping[str, HistSeries],
+                      help_texts: Mapping[str, str] | None = None) -> str:
+    """Metrics in the Prometheus text exposition format (version 0.0.4), no client library needed.
+
+    `counters` maps a metric name to a number or to {labels(...): number}. Its type comes from
+    METRICS, else from the name: `*_total` is a counter, anything else a gauge (so store sizes go
+    here too). `histograms` maps a name to a Histogram or to {labels(...): Histogram}.
+    Serve it as `text/plain; version=0.0.4; charset=utf-8`.
+    """
+    help_texts = help_texts or {}
+    lines: list[str] = []
+    for name in sorted(counters):
+        series = counters[name]
+        kind = METRICS.get(name, ("counter" if name.endswith("_total") else "gauge", ""))[0]
+        _header(lines, name, kind, help_texts.get(name) or METRICS.get(name, ("", name))[1] or name)
+        items = series.items() if isinstance(series, Mapping) else [((), series)]
+        for key, value in sorted(items):
+            lines.append(f"{name}{_labelset(key)} {_value(value)}")
+    for name in sorted(histograms):
+        series = histograms[name]
+        _header(lines, name, "histogram", help_texts.get(name) or METRICS.get(name, ("", name))[1] or name)
+        hitems = series.items() if isinstance(series, Mapping) else [((), series)]
+        for key, hist in sorted(hitems, key=lambda kv: kv[0]):
+            if any(n == "le" for n, _ in key):
+                raise ValueError(f"{name}: 'le' is reserved in histograms")
+            cumulative = 0
+            for bound, n in zip(hist.buckets, hist.counts, strict=True):
+                cumulative += n
+                lines.append(f"{name}_bucket{_labelset(key, ('le', _value(float(bound))))} {cumulative}")
+            lines.append(f"{name}_bucket{_labelset(key, ('le', '+Inf'))} {hist.count}")
+            lines.append(f"{name}_sum{_labelset(key)} {_value(hist.sum)}")
+            lines.append(f"{name}_count{_labelset(key)} {hist.count}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
