@@ -177,11 +177,12 @@ class Build:
         await self._scan_sources(graph, self._order)
         return units
 
-    def stamp_inputs(self) -> tuple[list[str], list[str]]:
-        """What the no-op stamp must watch after a successful build: every file the steps read
-        that no step makes, every output left in the workspace, and the tools in the keys."""
-        files = self.graph.sources_of(self._order)
-        files += [o for s in self._order for o in s.outputs if self.graph.is_final(o)]
+    def stamp_inputs(self) -> tuple[list[tuple[str, str]], list[str]]:
+        """What the no-op stamp must watch after a successful build, with digests: every file the
+        steps read that no step makes, every output left in the workspace; and the tools in keys."""
+        paths = self.graph.sources_of(self._order)
+        paths += [o for s in self._order for o in s.outputs if self.graph.is_final(o)]
+        files = [(p, d if (d := self.digests.get(p, "")).startswith("sha256:") else "") for p in paths]
         tools = sorted({t for s in self._order for t in self._tools_of(s)})
         return files, tools
 

@@ -21,7 +21,8 @@ import os
 import shutil
 import time
 
-STAMP_FORMAT = 1
+STAMP_FORMAT = 2
+MAX_TOUCHED = 64  # more files with new stats than this: let the full path decide
 # File times come from the kernel's coarse clock (one tick, at most ~10 ms, behind the fine one):
 # an entry stat'ed less than a tick after its last change could change again unseen.
 TICK_MARGIN_NS = 20_000_000
@@ -60,15 +61,15 @@ def _project_dirs(root: str) -> list[str]:
     return found
 
 
-def write_stamp(root: str, args_key: str, recipe_file: str, files: list[str], tools: list[str],
+def write_stamp(root: str, args_key: str, recipe_file: str, files: list[tuple[str, str]], tools: list[str],
                 steps: int) -> None:
     """Record the stats that vouch for a successful build (or remove the stamp if they cannot)."""
     for _attempt in range(2):
         now = time.time_ns()
-        entries: list[tuple[str, _Stat | None]] = [(p, _stat(os.path.join(root, p))) for p in files]
+        entries = [(p, _stat(os.path.join(root, p)), digest) for p, digest in files]
         dirs = [(d, _stat(os.path.join(root, d) if d else root)) for d in _project_dirs(root)]
         recipe = _stat(os.path.join(root, recipe_file))
-        stats = [s for _, s in (*entries, *dirs, ("", recipe)) if s is not None]
+        stats = [s for s in (*(e[1] for e in entries), *(d[1] for d in dirs), recipe) if s is not None]
         newest = max((s[1] for s in stats), default=0)
         if newest < now - TICK_MARGIN_NS:
             break
@@ -85,12 +86,7 @@ def write_stamp(root: str, args_key: str, recipe_file: str, files: list[str], to
         found = shutil.which(tool)
         real = os.path.realpath(found) if found else ""
         tool_stats.append((tool, real, _stat(real) if real else None))
-    path = stamp_path(root)
-    data = (STAMP_FORMAT, args_key, recipe_file, recipe, entries, dirs, tool_stats, steps)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        marshal.dump(data, f)
-    os.replace(tmp, path)
+    _dump(root, (STAMP_FORMAT, args_key, recipe_file, recipe, entries, dirs, tool_stats, steps))
 
 
 def remove_stamp(root: str) -> None:
@@ -113,11 +109,47 @@ def check_stamp(root: str, args_key: str) -> int | None:
     for rel, st in dirs:
         if _stat(os.path.join(root, rel) if rel else root) != st:
             return None
-    for rel, st in entries:
-        if _stat(os.path.join(root, rel)) != st:
-            return None
+    touched: list[tuple[int, str, str]] = []
+    for index, (rel, st, digest) in enumerate(entries):
+        now = _stat(os.path.join(root, rel))
+        if now != st:
+            if now is None or st is None or not digest or len(touched) >= MAX_TOUCHED:
+                return None
+            touched.append((index, rel, digest))
     for tool, real, st in tool_stats:
         found = shutil.which(tool)
         if (os.path.realpath(found) if found else "") != real or (real and _stat(real) != st):
             return None
+    if touched and not _same_bytes(root, touched):
+        return None
+    if touched:
+        # Still a no-op. Remember the new stats so the next check is stat-only again, but only
+        # once they are a clock tick old: a save within the same tick could keep the mtime.
+        fresh = [(index, rel, digest, _stat(os.path.join(root, rel))) for index, rel, digest in touched]
+        if all(st is not None and st[1] < time.time_ns() - TICK_MARGIN_NS for *_, st in fresh):
+            for index, rel, digest, st in fresh:
+                entries[index] = (rel, st, digest)
+            _dump(root, (fmt, key, recipe_file, recipe, entries, dirs, tool_stats, steps))
     return steps
+
+
+def _same_bytes(root: str, touched: list[tuple[int, str, str]]) -> bool:
+    """Files whose stats changed (an editor's save of the same text, `touch`): same digests?"""
+    import subprocess
+
+    paths = [os.path.join(root, rel) for _, rel, _ in touched]
+    try:
+        out = subprocess.run(["sha256sum", "-z", "--", *paths], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    found = [line.split(b" ", 1)[0].decode() for line in out.split(b"\0") if line]
+    return len(found) == len(touched) and all(
+        digest == f"sha256:{hexdigest}" for (_, _, digest), hexdigest in zip(touched, found, strict=True))
+
+
+def _dump(root: str, data: tuple[object, ...]) -> None:
+    path = stamp_path(root)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        marshal.dump(data, f)
+    os.replace(tmp, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from conftest import majordomo, write_project
@@ -27,6 +28,11 @@ def test_stamp_is_used_only_while_nothing_changed(tmp_path: Path) -> None:
     assert majordomo(project, "build").code == 0
     fast = majordomo(project, "build", "--json")
     assert FAST in fast.stderr and fast.summary["steps_cached"] == 3 and fast.summary["steps_run"] == 0
+
+    os.utime(project / "src/a.txt")  # touched, same bytes: hashed, still nothing to do
+    touched = majordomo(project, "build", "--json")
+    assert FAST in touched.stderr and touched.summary["steps_run"] == 0
+    assert FAST in majordomo(project, "build").stdout
 
     (project / "src/b.txt").write_text("bee\n")  # content
     run = majordomo(project, "build", "--json")
