@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, majordomo
+from conftest import REPO, majordomo, start_chef, stop_procs
 
 EXAMPLES = REPO / "examples"
 _RAN = re.compile(r"^\[\s*\d+/\d+\] ran\s+(\S+) on \S+")
@@ -90,6 +90,33 @@ def test_paper_paragraph_edit_reruns_latex_only_and_new_citation_reruns_bibtex(t
     text = pdf_text(project / "build/paper.pdf")
     assert "another book [2]" in text and "??" not in text and "[?]" not in text
     assert "Leslie Lamport" in text and "Document Preparation System" in text
+
+
+def test_paper_on_a_tex_chef_and_a_shell_chef(tmp_path: Path, nats_url: str) -> None:
+    """Only one chef offers latex: the cycle runs there, fed by a table another chef may have made."""
+    from artefacts.keys import load_or_create_key
+
+    key = tmp_path / "fedkey" / "federation"
+    key.parent.mkdir()
+    load_or_create_key(key)
+    homes = tmp_path / "chefs"
+    homes.mkdir()
+    chefs: list[subprocess.Popen] = []
+    try:
+        # start_chef always offers shell and cc; the TeX chef is the only one offering latex.
+        chefs.append(start_chef(nats_url, homes / "tex", "tex", key, "--kind", "latex", "--slots", "1"))
+        chefs.append(start_chef(nats_url, homes / "sh", "sh", key, "--slots", "1"))
+        project = copy_example("paper", tmp_path)
+        run = majordomo(project, "build", "--json", "--nats", nats_url, env={"MAJORDOMO_KEY": str(key)}, timeout=300)
+        assert run.code == 0, run.stderr
+        on = {m.group(1): m.group(2) for ln in run.stderr.splitlines()
+              if (m := re.match(r"^\[\s*\d+/\d+\] ran\s+(\S+) on (\S+)", ln))}
+        assert on["latex"] == on["bibtex"] == "tex"
+        text = pdf_text(project / "build/paper.pdf")
+        assert "??" not in text and "[?]" not in text and "moderate [3]" in text
+        assert re.search(r"D paper cup 0\.0498 13\.9", text)
+    finally:
+        stop_procs(chefs)
 
 
 def _break_paper(tmp_path: Path) -> tuple[Path, str]:
