@@ -91,6 +91,12 @@ def test_paper_paragraph_edit_reruns_latex_only_and_new_citation_reruns_bibtex(t
     assert "another book [2]" in text and "??" not in text and "[?]" not in text
     assert "Leslie Lamport" in text and "Document Preparation System" in text
 
+    # The cycle started from the last build's .aux and .bbl, yet settles where a clean build does.
+    fresh = tmp_path / "fresh"
+    shutil.copytree(project, fresh, ignore=shutil.ignore_patterns("build", ".majordomo"))
+    build(fresh)
+    assert (fresh / "build/paper.pdf").read_bytes() == (project / "build/paper.pdf").read_bytes()
+
 
 def test_paper_on_a_tex_chef_and_a_shell_chef(tmp_path: Path, nats_url: str) -> None:
     """Only one chef offers latex: the cycle runs there, fed by a table another chef may have made."""
