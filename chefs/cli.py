@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--authorized-keys", type=Path, default=None, help="file of public keys allowed to pull from us")
     p.add_argument("--tool", action="append", default=[], help="extra tool to advertise (repeat)")
     p.add_argument("--no-sandbox", action="store_true", help="run steps without bwrap even if it exists")
+    p.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS",
+                   help="how often to renew the lease (keep well under the MajorDomos' --lease)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -56,6 +58,7 @@ def config_from_args(args: argparse.Namespace) -> ChefConfig:
         store=args.store, federation=args.federation, sftp_listen=args.sftp_listen,
         advertise_host=args.advertise, slots=max(1, args.slots), client_key=args.key,
         authorized_keys=authorized, extra_tools=args.tool, sandbox=not args.no_sandbox,
+        heartbeat_s=max(0.1, args.heartbeat),
     )
 
 

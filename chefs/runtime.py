@@ -64,6 +64,7 @@ class ChefConfig:
     authorized_keys: list[str] = field(default_factory=list)  # public keys allowed to pull from us
     extra_tools: list[str] = field(default_factory=list)
     sandbox: bool = True
+    heartbeat_s: float = HEARTBEAT_S
 
 
 class Chef:
@@ -151,7 +152,7 @@ class Chef:
     async def _beat(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), HEARTBEAT_S)
+                await asyncio.wait_for(self._stopping.wait(), self.config.heartbeat_s)
             if self._stopping.is_set():
                 break
             try:

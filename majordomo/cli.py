@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sftp-listen", default="127.0.0.1:0", metavar="HOST:PORT",
                    help="where this pod serves sources to chefs (default 127.0.0.1, any port)")
     b.add_argument("--advertise", default="", metavar="HOST", help="address chefs use to reach this pod")
+    b.add_argument("--lease", type=float, default=10.0, metavar="SECONDS",
+                   help="a chef silent this long loses its steps to other chefs (default 10)")
+    b.add_argument("--max-attempts", type=int, default=3, metavar="N",
+                   help="dispatch a step at most N times before failing it (default 3)")
     b.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     b.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     b.add_argument("-v", "--verbose", action="store_true", help="also print cached steps and commands")
@@ -196,7 +200,8 @@ async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[
         raise UserError(f"--sftp-listen expects HOST:PORT, got {args.sftp_listen!r}")
     options = BuildOptions(targets=args.targets, jobs=max(0, args.jobs), nats_url=nats_url,
                            federation=args.federation or subjects.DEFAULT_FEDERATION,
-                           sftp_listen=(host, int(port)), advertise_host=args.advertise)
+                           sftp_listen=(host, int(port)), advertise_host=args.advertise,
+                           lease_s=max(0.5, args.lease), max_attempts=max(1, args.max_attempts))
     build = Build(project, state, options, on_step=reporter.step)
     try:
         return await build.run(), build

@@ -44,6 +44,7 @@ from protocol.messages import (
 
 if TYPE_CHECKING:  # the federation stack (nats-py, asyncssh) costs ~0.3 s to import: only when needed
     from majordomo.federation import Federation
+    from majordomo.leases import Leases
 
 ABSENT = "absent:"  # digest placeholder of a discovered input that no longer exists: forces a rerun
 _decode_result = decoder(StepResult)
@@ -63,6 +64,8 @@ class BuildOptions:
     pod_id: str = ""
     sftp_listen: tuple[str, int] = ("127.0.0.1", 0)
     advertise_host: str = ""
+    lease_s: float = 10.0  # a chef unheard-of this long loses its steps to others
+    max_attempts: int = 3
 
 
 @dataclass
@@ -122,6 +125,7 @@ class Build:
         self._fed: Federation | None = None
         self._shared = shared  # a federation that outlives this build (`watch`); not ours to stop
         self._pulled_base = (0, 0)
+        self._leases: Leases | None = None
         self._fed_lock = asyncio.Lock()
         self._chefs: list[ChefInfo] = []
         self._load: dict[str, int] = {}
@@ -152,6 +156,8 @@ class Build:
             self._publish("build.finished", detail=self.report.as_json())
             if self._publishing:
                 await asyncio.wait(list(self._publishing), timeout=2)
+            if self._leases:
+                await self._leases.stop()
             if self._fed:
                 if self._fed.puller:  # a shared puller counts for several builds: take our share
                     self.report.files_pulled += self._fed.puller.files_pulled - self._pulled_base[0]
@@ -409,59 +415,105 @@ class Build:
 
     async def _run_step(self, step: Step, key: str, inputs: dict[str, str], toolchain: dict[str, str],
                         attempt: int = 1, *, materialize: bool = True) -> bool:
+        """Dispatch the step until a chef answers it, at most max_attempts times.
+
+        An attempt ends without an answer when the chef loses its lease (killed, cut off) or has
+        vanished from NATS; its late answer, should one come, is ignored. Only a successful
+        answer is ever recorded."""
         fed = await self._federation()
         assert self._jobs
-        self._publish("step.queued", step, detail={"attempt": attempt})
         # The task dir holds every file the step may read; the key only those it did read.
         staged = {**inputs, **{p: self.digests.get(p, ABSENT) for p in step.may_read if p not in inputs}}
-        async with self._jobs:
-            await self._ensure_available(step, staged)
-            chef = self._place(step, staged, toolchain)
-            if chef is None:
-                self._finish(StepOutcome(step, "failed", message=self._no_chef_message(step)))
-                return False
-            request = StepRequest(
-                step_id=step.id, action_key=key, kind=step.kind, command=step.command,
-                inputs=self._input_refs(staged, chef.id), outputs=list(step.outputs), pods=self._pods(),
-                env=dict(step.env), tools=list(self._tools_of(step)),
-                depfile=step.depfile, recorder=step.recorder, timeout_s=step.timeout_s,
-                normalise=self._normalisers(step),
-                build_id=self.build_id, attempt=attempt,
-            )
-            self._load[chef.id] = self._load.get(chef.id, 0) + 1
-            import nats.errors
-
+        history: list[str] = []
+        while True:
+            self._publish("step.queued", step, detail={"attempt": attempt})
+            async with self._jobs:
+                await self._ensure_available(step, staged)
+                chef = self._place(step, staged, toolchain)
+                if chef is None:
+                    message = self._no_chef_message(step)
+                    if history:
+                        message += "; attempts: " + "; ".join(history)
+                    self._finish(StepOutcome(step, "failed", message=message))
+                    return False
+                request = StepRequest(
+                    step_id=step.id, action_key=key, kind=step.kind, command=step.command,
+                    inputs=self._input_refs(staged, chef.id), outputs=list(step.outputs), pods=self._pods(),
+                    env=dict(step.env), tools=list(self._tools_of(step)),
+                    depfile=step.depfile, recorder=step.recorder, timeout_s=step.timeout_s,
+                    normalise=self._normalisers(step), build_id=self.build_id, attempt=attempt,
+                )
+                reply, lost = await self._dispatch(fed, chef, step, request)
+            if reply is None:
+                history.append(f"attempt {attempt} on {chef.id}: {lost}")
+                if attempt >= self.options.max_attempts:
+                    self._finish(StepOutcome(step, "failed", chef=chef.id, message=(
+                        f"gave up after {attempt} attempts: " + "; ".join(history))))
+                    return False
+                attempt += 1
+                continue
             try:
-                assert fed.nc
-                reply = await fed.nc.request(subjects.chef_run(self.options.federation, chef.id), encode(request),
-                                             timeout=step.timeout_s + 60, headers=headers())
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-                self._finish(StepOutcome(step, "failed", chef=chef.id,
-                                         message=f"chef {chef.id} did not answer: {type(exc).__name__}"))
+                result = _decode_result.decode(reply)
+            except msgspec.DecodeError:
+                self._finish(StepOutcome(step, "failed", chef=chef.id, message=f"chef {chef.id}: {reply[:200]!r}"))
                 return False
-            finally:
-                self._load[chef.id] -= 1
-        try:
-            result = _decode_result.decode(reply.data)
-        except msgspec.DecodeError:
-            self._finish(StepOutcome(step, "failed", chef=chef.id, message=f"chef {chef.id}: {reply.data[:200]!r}"))
-            return False
-        self.report.files_pulled += result.files_pulled
-        self.report.bytes_pulled += result.bytes_pulled
-        if result.code == ErrorCode.INPUT_UNAVAILABLE and attempt < 3:
-            # The owners of those bytes could not serve them: forget them, and try again; with no
-            # owner left, the producer runs again first (_ensure_available).
-            for digest in result.missing:
-                for pod in list(self._owners().get(digest, ())):
-                    if not self._pod_claims(pod, digest):
-                        await self._drop_owner(digest, pod)
-            return await self._run_step(step, key, inputs, toolchain, attempt + 1, materialize=materialize)
+            self.report.files_pulled += result.files_pulled
+            self.report.bytes_pulled += result.bytes_pulled
+            if result.code == ErrorCode.INPUT_UNAVAILABLE and attempt < self.options.max_attempts:
+                # The owners of those bytes could not serve them: forget them, and try again; with
+                # no owner left, the producer runs again first (_ensure_available).
+                history.append(f"attempt {attempt} on {chef.id}: {result.message}")
+                for digest in result.missing:
+                    for pod in list(self._owners().get(digest, ())):
+                        if not self._pod_claims(pod, digest):
+                            await self._drop_owner(digest, pod)
+                attempt += 1
+                continue
+            break
         if not result.ok:
             await self.state.run(lambda: self.state.record_failure(step.id, key, chef.id, result.log))
             self._finish(StepOutcome(step, "failed", chef=chef.id, duration_s=result.duration_s,
                                      message=result.message, log=result.log))
             return False
+        if history:
+            self._publish("step.recovered", step, chef.id, {"history": history})
         return await self._accept_result(step, key, inputs, toolchain, result, materialize)
+
+    async def _dispatch(self, fed: Federation, chef: ChefInfo, step: Step,
+                        request: StepRequest) -> tuple[bytes | None, str]:
+        """Send the step and wait for the answer or the chef's lost lease, whichever comes first."""
+        import nats.errors
+
+        assert fed.nc and self._leases
+        self._load[chef.id] = self._load.get(chef.id, 0) + 1
+        asking = asyncio.ensure_future(fed.nc.request(
+            subjects.chef_run(self.options.federation, chef.id), encode(request),
+            timeout=step.timeout_s + 60, headers=headers()))
+        lost = asyncio.ensure_future(self._leases.lost(chef.id).wait())
+        try:
+            await asyncio.wait({asking, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if not asking.done():
+                return None, "lease lost"
+            try:
+                return asking.result().data, ""
+            except nats.errors.NoRespondersError:
+                self._chef_lost(chef.id, "not on NATS any more")
+                return None, "no responder"
+            except nats.errors.TimeoutError:
+                return None, f"no answer within {step.timeout_s + 60:g}s"
+        finally:
+            self._load[chef.id] -= 1
+            for task in (asking, lost):
+                if not task.done():
+                    task.cancel()  # a late answer from a chef whose lease expired is ignored
+
+    def _chef_lost(self, chef_id: str, why: str) -> None:
+        """A chef without a lease gets no more steps, and owns nothing we can reach."""
+        if any(c.id == chef_id for c in self._chefs):
+            self._chefs = [c for c in self._chefs if c.id != chef_id]
+            self._publish("chef.lease_lost", chef=chef_id, detail={"reason": why})
+        if self._leases:
+            self._leases.lost(chef_id).set()
 
     async def _accept_result(self, step: Step, key: str, inputs: dict[str, str], toolchain: dict[str, str],
                              result: StepResult, materialize: bool = True) -> bool:
@@ -597,6 +649,11 @@ class Build:
                     await fed.stop()
                     raise
                 self._fed = fed
+                from majordomo.leases import Leases
+
+                self._leases = Leases(fed.nc, subjects.chefs_bucket(self.options.federation),
+                                      self.options.lease_s, on_lost=self._chef_lost)
+                await self._leases.start(c.id for c in self._chefs)
                 if fed.puller:
                     self._pulled_base = (fed.puller.files_pulled, fed.puller.bytes_pulled)
                 self._publish("build.started", detail={"targets": self.options.targets, "total": self.total,
