@@ -10,6 +10,7 @@ from pathlib import Path
 from artefacts.normalise import NormaliserError, normalised_digest
 from artefacts.store import Store
 from chefs.discovery import parse_depfile, parse_fls, project_relative
+from chefs.latexlog import summarise_latex_log
 from chefs.sandbox import bwrap_path, plain_argv, sandbox_argv
 from chefs.taskdir import TaskDir
 from protocol.errors import ErrorCode
@@ -58,8 +59,7 @@ class Cook:
                 return Outcome(ErrorCode.COMMAND_FAILED, status, log=log,
                                message=f"step {step.step_id} modified its input {changed}, which is read-only")
             if status != 0:
-                return Outcome(ErrorCode.COMMAND_FAILED, status, log=log,
-                               message=f"step {step.step_id} failed with exit status {status}")
+                return Outcome(ErrorCode.COMMAND_FAILED, status, log=log, message=self._failure(step, status, log))
             missing = [o for o in step.outputs if not (task.path / o).is_file()]
             if missing:
                 return Outcome(ErrorCode.OUTPUT_MISSING, status, log=log,
@@ -99,6 +99,15 @@ class Cook:
         if len(text) > LOG_LIMIT:
             text = "[... earlier output cut ...]\n" + text[-LOG_LIMIT:]
         return proc.returncode if proc.returncode is not None else -1, text, timed_out
+
+    def _failure(self, step: StepRequest, status: int, log: str) -> str:
+        """One sentence first: for LaTeX, the error and the source line it points to, not 2,000
+        lines of log; otherwise the exit status (the log tail follows in the report)."""
+        default = f"step {step.step_id} failed with exit status {status}"
+        if step.kind != "latex":
+            return default
+        summary = summarise_latex_log(log, {i.path for i in step.inputs})
+        return f"{summary}\n({default})" if summary else default
 
     async def _cutoff(self, spec: str | None, digest: str) -> str:
         """The normalised digest that decides early cutoff; "" where no normaliser applies."""

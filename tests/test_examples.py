@@ -9,7 +9,6 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from conftest import REPO, majordomo, start_chef, stop_procs
 
 EXAMPLES = REPO / "examples"
@@ -141,9 +140,6 @@ def test_paper_latex_error_shows_file_and_line(tmp_path: Path) -> None:
     assert "l.14 fit by \\leastsquares" in stderr
 
 
-@pytest.mark.xfail(strict=True, reason="integration pending: chefs/cooking.py does not call "
-                   "chefs.latexlog.summarise_latex_log, so a failed latex step's message is only "
-                   "'failed with exit status 1' and the error is found only in the log tail")
 def test_paper_latex_failure_message_is_the_error_summary(tmp_path: Path) -> None:
     _project, stderr = _break_paper(tmp_path)
     failed = [ln for ln in stderr.splitlines() if "FAILED  latex" in ln]
