@@ -30,7 +30,14 @@ class UserError(Exception):
     """Something the user can fix; printed as one line, no traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose modules cost tens of milliseconds to import: loaded only when asked for.
+_HEAVY_COMMANDS = {
+    "status": ("majordomo.status", "show the federation now: chefs, load, stores, NATS server"),
+    "dashboard": ("majordomo.dashboard", "serve a live web page of the federation on 127.0.0.1"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="majordomo", description="Build a project with a federation of chefs.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     b = sub.add_parser("build", help="build targets (default: the project's defaults, else everything)")
@@ -68,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-C", dest="directory", type=Path, default=Path("."))
     ex.add_argument("-f", "--file", default="majordomo.toml")
     ex.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
+    for name, (module, help_text) in _HEAVY_COMMANDS.items():
+        if name == command:
+            __import__(module, fromlist=["add_parser"]).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     lg = sub.add_parser("log", help="show the stored output of a step's last run")
     lg.add_argument("step", help="step id, e.g. compile[main]")
     lg.add_argument("-C", dest="directory", type=Path, default=Path("."))
@@ -75,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
+    if args.command in _HEAVY_COMMANDS:
+        return __import__(_HEAVY_COMMANDS[args.command][0], fromlist=["run"]).run(args)
     try:
         if args.command == "build":
             return _build(args)
