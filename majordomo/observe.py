@@ -25,6 +25,7 @@ from protocol import subjects
 from protocol.messages import ChefInfo, Event, Ownership, decoder
 
 BUCKET_READ_TIMEOUT_S = 5.0
+CONSUMER_IDLE_S = 5.0
 
 _event_decoder = msgspec.json.Decoder(Event)
 _chef_decoder = decoder(ChefInfo)
@@ -67,7 +68,9 @@ async def read_bucket(nc: NATS, bucket: str, *, timeout_s: float = BUCKET_READ_T
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         return None
-    watcher = await kv.watchall(ignore_deletes=True)
+    # A watcher is an ephemeral consumer that outlives its unsubscribe by `inactive_threshold`;
+    # the default (5 min) would pile up consumers under a dashboard that reads every 2 s.
+    watcher = await kv.watchall(ignore_deletes=True, inactive_threshold=CONSUMER_IDLE_S)
     found: dict[str, bytes] = {}
     try:
         while True:
