@@ -20,6 +20,7 @@ from nats.micro.request import Request
 
 from artefacts.keys import load_or_create_key, public_key_line
 from artefacts.natsutil import connect, kv_bucket
+from artefacts.ownership import FederationMaps
 from artefacts.sftp_client import Puller, PullError
 from artefacts.sftp_server import ArtefactServer, store_resolver
 from artefacts.store import Store
@@ -80,6 +81,7 @@ class Chef:
         self._puller: Puller | None = None
         self._info: ChefInfo | None = None
         self._kv = None
+        self._maps: FederationMaps | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._inflight_pulls: dict[str, asyncio.Task[int]] = {}
         self.counters = {"steps_ok": 0, "steps_failed": 0, "files_pulled": 0, "bytes_pulled": 0}
@@ -137,6 +139,7 @@ class Chef:
             name="pull", subject=subjects.chef_pull(cfg.federation, cfg.id), handler=self._on_pull
         )
         self._kv = await kv_bucket(self._nc, subjects.chefs_bucket(cfg.federation), ttl=REGISTRY_TTL_S)
+        self._maps = await FederationMaps(self._nc, cfg.federation).open()
         await self._register()
         self._heartbeat = asyncio.create_task(self._beat())
         await self._publish("chef.joined", detail={"kinds": cfg.kinds, "sftp": f"{endpoint.host}:{endpoint.port}"})
@@ -304,6 +307,11 @@ class Chef:
         await self._puller.pull_any(ref.digest, ref.size, owners)  # type: ignore[arg-type]
         self.counters["files_pulled"] += 1
         self.counters["bytes_pulled"] += ref.size
+        if self._maps:  # we hold it now: other pods may pull it from us
+            try:
+                await self._maps.add_owner(ref.digest, ref.size, self.config.id)
+            except Exception as exc:  # the map is advisory; the step goes on
+                log.warning("could not record ownership of %s: %s", ref.digest, exc)
         return ref.size
 
     async def _publish(self, kind: str, step: StepRequest | None = None, detail: dict | None = None) -> None:

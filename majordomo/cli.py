@@ -80,6 +80,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             __import__(module, fromlist=["add_parser"]).add_parser(sub)
         else:
             sub.add_parser(name, help=help_text, add_help=False)
+    ow = sub.add_parser("owners", help="show which pods hold an artefact (by path or digest)")
+    ow.add_argument("artefact", metavar="PATH|DIGEST")
+    ow.add_argument("-C", dest="directory", type=Path, default=Path("."))
+    ow.add_argument("--nats", default=None, help="ask the federation's ownership map (default: this project's)")
+    ow.add_argument("--federation", default=None)
     lg = sub.add_parser("log", help="show the stored output of a step's last run")
     lg.add_argument("step", help="step id, e.g. compile[main]")
     lg.add_argument("-C", dest="directory", type=Path, default=Path("."))
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return _explain(args)
         if args.command == "watch":
             return _watch(args)
+        if args.command == "owners":
+            return _owners(args)
     except UserError as exc:
         print(f"majordomo: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -287,6 +294,61 @@ def _explain(args: argparse.Namespace) -> int:
         for reason in item.reasons[1:]:
             print(f"       {reason}")
     return EXIT_OK
+
+
+def _owners(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from majordomo.state import State
+    from protocol.digests import InvalidDigest, parse_digest
+
+    root = args.directory.resolve()
+    digest = args.artefact
+    try:
+        parse_digest(digest)
+    except InvalidDigest:
+        if not (root / ".majordomo" / "state.db").exists():
+            raise UserError(f"no build state in {root}: run `majordomo build` first, or give a digest") from None
+        state = State(root)
+        try:
+            found = state.digest_of(args.artefact)
+        finally:
+            state.close()
+        if found is None:
+            raise UserError(f"{args.artefact}: not an artefact this project has built or read") from None
+        digest = found
+    url = args.nats or _config_nats()
+    if url:
+        owners, size = asyncio.run(_federation_owners(url, args.federation, digest))
+    else:
+        state = State(root)
+        try:
+            owners = sorted(state.load_owners().get(digest, set()))
+        finally:
+            state.close()
+        size = None
+    print(f"{args.artefact}: {digest}" + (f" ({size} bytes)" if size is not None else ""))
+    for pod in owners:
+        print(f"  {pod}")
+    if not owners:
+        print("  no owner known")
+    return EXIT_OK
+
+
+async def _federation_owners(url: str, federation: str | None, digest: str) -> tuple[list[str], int | None]:
+    from artefacts.natsutil import NatsUnreachable, connect
+    from artefacts.ownership import FederationMaps
+    from protocol import subjects
+
+    try:
+        nc = await connect(url, "majordomo:owners")
+    except NatsUnreachable as exc:
+        raise UserError(str(exc)) from None
+    try:
+        found = await (await FederationMaps(nc, federation or subjects.DEFAULT_FEDERATION).open()).owners(digest)
+    finally:
+        await nc.close()
+    return (list(found.owners), found.size) if found else ([], None)
 
 
 def _log(args: argparse.Namespace) -> int:

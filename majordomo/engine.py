@@ -43,6 +43,7 @@ from protocol.messages import (
 )
 
 if TYPE_CHECKING:  # the federation stack (nats-py, asyncssh) costs ~0.3 s to import: only when needed
+    from artefacts.ownership import FederationMaps
     from majordomo.federation import Federation
     from majordomo.leases import Leases
 
@@ -126,6 +127,7 @@ class Build:
         self._shared = shared  # a federation that outlives this build (`watch`); not ours to stop
         self._pulled_base = (0, 0)
         self._leases: Leases | None = None
+        self._maps: FederationMaps | None = None  # ownership and action cache shared by the federation
         self._fed_lock = asyncio.Lock()
         self._chefs: list[ChefInfo] = []
         self._load: dict[str, int] = {}
@@ -397,6 +399,8 @@ class Build:
         inputs = self._inputs_of(step)
         key = self._key(step, inputs, toolchain)
         outputs = self.state.result(key)
+        if outputs is None and self.options.nats_url is not None:
+            outputs = await self._shared_result(step, key)
         if outputs is not None:
             if materialize and not self._materialized(step, outputs) and not await self._materialize(
                     step, outputs, None):
@@ -405,6 +409,23 @@ class Build:
                 self._accept_cached(step, outputs)
                 return True
         return await self._run_step(step, key, inputs, toolchain, materialize=materialize)
+
+    async def _shared_result(self, step: Step, key: str) -> list[OutputRef] | None:
+        """A result another MajorDomo recorded in the federation's action cache, if its bytes are
+        still held by a live pod (then this checkout only pulls outputs, runs nothing)."""
+        await self._federation()
+        if not self._maps:
+            return None
+        outputs = await self._maps.get_action(key)
+        if outputs is None:
+            return None
+        for out in outputs:
+            await self._learn_owners(out.digest)
+            if not self._live_owners(out.digest):
+                return None
+        await self.state.run(lambda: self.state.record_result(
+            step.id, key, outputs, list(self.graph.discovered(step)), "federation-cache", 0.0, ""))
+        return outputs
 
     def _accept_cached(self, step: Step, outputs: list[OutputRef]) -> None:
         self._note_outputs(outputs)
@@ -527,6 +548,14 @@ class Build:
                            inputs={p: self._marked(p, d) for p, d in final_inputs.items()})
         for out in result.outputs:
             self._owners().setdefault(out.digest, set()).add(result.chef_id)
+        for digest in {r for r in inputs.values() if r != ABSENT}:
+            self._owners().setdefault(digest, set()).add(result.chef_id)  # it pulled what it lacked
+        if self._maps:
+            maps = self._maps
+            await asyncio.gather(*(maps.add_owner(o.digest, o.size, result.chef_id) for o in result.outputs))
+            # Only under the key of what the step really read: the declared-inputs key alone would
+            # let a checkout with other headers (other may_read files) reuse these outputs.
+            await maps.put_action(final_key, list(result.outputs))
         await self.state.run(lambda: self.state.record_result(
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log,
             detail))
@@ -654,6 +683,10 @@ class Build:
                 self._leases = Leases(fed.nc, subjects.chefs_bucket(self.options.federation),
                                       self.options.lease_s, on_lost=self._chef_lost)
                 await self._leases.start(c.id for c in self._chefs)
+                from artefacts.ownership import FederationMaps
+
+                assert fed.nc
+                self._maps = await FederationMaps(fed.nc, self.options.federation).open()
                 if fed.puller:
                     self._pulled_base = (fed.puller.files_pulled, fed.puller.bytes_pulled)
                 self._publish("build.started", detail={"targets": self.options.targets, "total": self.total,
@@ -706,10 +739,21 @@ class Build:
     async def _add_owner(self, digest: str, pod: str, size: int) -> None:
         self._owners().setdefault(digest, set()).add(pod)
         await self.state.run(lambda: self.state.add_owner(digest, pod, size))
+        if self._maps:
+            await self._maps.add_owner(digest, size, pod)
 
     async def _drop_owner(self, digest: str, pod: str) -> None:
         self._owners().get(digest, set()).discard(pod)
         await self.state.run(lambda: self.state.drop_owner(digest, pod))
+        if self._maps:
+            await self._maps.remove_owner(digest, pod)
+
+    async def _learn_owners(self, digest: str) -> None:
+        """Ask the federation's map who owns a digest we know no live owner of."""
+        if self._maps:
+            found = await self._maps.owners(digest)
+            if found:
+                self._owners().setdefault(digest, set()).update(found.owners)
 
     def _owners(self) -> dict[str, set[str]]:
         """The ownership map in memory: loaded once, then kept current with each result."""
@@ -748,6 +792,9 @@ class Build:
         """An input nobody live holds is made again by its producer before the step is sent."""
         for path, digest in inputs.items():
             if digest == ABSENT or self._live_owners(digest):
+                continue
+            await self._learn_owners(digest)  # another pod of the federation may hold it
+            if self._live_owners(digest):
                 continue
             producer = self.graph.producer(path)
             if producer is None:

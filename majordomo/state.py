@@ -137,6 +137,16 @@ class State:
     def load_produced(self) -> dict[str, tuple[str, str]]:
         return {r[0]: (r[1], r[2]) for r in self._db.execute("SELECT path, digest, step_id FROM produced")}
 
+    def digest_of(self, path: str) -> str | None:
+        """The digest this project last knew for an artefact path: an output, else a source."""
+        for (key,) in self._db.execute("SELECT action_key FROM steps"):
+            outputs = self.result(key) or []
+            for out in outputs:
+                if out.path == path:
+                    return out.digest
+        row = self._db.execute("SELECT digest FROM stat_cache WHERE path=?", (path,)).fetchone()
+        return row[0] if row and row[0] else None
+
     def load_owners(self) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
         for digest, pod in self._db.execute("SELECT digest, pod FROM owners"):
