@@ -16,7 +16,7 @@ from protocol.messages import ChefInfo, Event
 
 STATS_TIMEOUT_S = 1.0  # bounds the wait for a registered chef that does not answer $SRV.STATS
 MAJORDOMO_PING_S = 0.3  # MajorDomos are not registered anywhere, so their ping is waited out
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 
 @dataclass
@@ -245,22 +245,11 @@ def run(args: argparse.Namespace) -> int:
     except StatusError as exc:
         print(f"majordomo: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("majordomo: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(status.as_json()), flush=True)
     else:
         sys.stdout.write(render_status(status, verbose=args.verbose))
     return EXIT_OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m majordomo.status`, the same command without the `majordomo` front door."""
-    parser = argparse.ArgumentParser(prog="majordomo")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    try:
-        return run(parser.parse_args(argv))
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -82,6 +82,14 @@ def test_model_new_pass_retry_history_and_departures() -> None:
     m.apply(ev("step.log", "tex", source="c2", text="line 1\n"))
     m.apply(ev("step.log", "tex", source="c2", text="line 2\n"))
     assert m.snapshot()["steps"]["b1/tex"]["log"] == "line 1\nline 2\n"
+    m.apply(ev("step.queued", "cc", attempt=1))
+    m.apply(ev("step.running", "cc", chef="c3", source="c3"))
+    m.apply(ev("chef.lease_lost", chef="c3", reason="no heartbeat for 10s"))
+    m.apply(ev("step.queued", "cc", attempt=2))  # re-dispatched while it was still "running"
+    assert (m.snapshot()["steps"]["b1/cc"]["state"], m.snapshot()["steps"]["b1/cc"]["attempt"]) == ("queued", 2)
+    m.apply(ev("step.done", "cc", chef="c1", source="c1"))
+    m.apply(ev("step.recovered", "cc", chef="c1", history=["attempt 1 on c3: lease lost"]))
+    assert m.snapshot()["steps"]["b1/cc"]["recovered"] == ["attempt 1 on c3: lease lost"]
     m.apply(ev("build.finished", ok=True, steps_run=1, duration_s=3.5))
     assert [(b["id"], b["duration_s"], b["ok"]) for b in m.history()] == [("b1", 3.5, True)]
     m.apply(ev("artefact.owned", source="majordomo:pod-1", path="doc.pdf", pod="pod-1", size=10))
@@ -166,7 +174,7 @@ async def test_server_serves_page_snapshot_and_event_stream(nats_url: str) -> No
 
 
 def test_dashboard_command_prints_its_url_and_stops_on_sigterm(nats_url: str) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "majordomo.dashboard", "--nats", nats_url, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "majordomo.cli", "dashboard", "--nats", nats_url, "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout
@@ -184,7 +192,7 @@ def test_dashboard_command_prints_its_url_and_stops_on_sigterm(nats_url: str) ->
 
 
 def test_dashboard_command_unreachable_nats_is_one_line(free_port: int) -> None:
-    run = subprocess.run([sys.executable, "-m", "majordomo.dashboard", "--nats", f"nats://127.0.0.1:{free_port}",
+    run = subprocess.run([sys.executable, "-m", "majordomo.cli", "dashboard", "--nats", f"nats://127.0.0.1:{free_port}",
                           "--port", "0"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 2
     assert run.stderr.startswith("majordomo: cannot reach NATS at") and len(run.stderr.strip().splitlines()) == 1

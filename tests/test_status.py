@@ -20,7 +20,7 @@ from protocol.messages import ChefInfo, Ownership, SftpEndpoint, encode
 
 
 def status_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "majordomo.status", "status", *args],
+    return subprocess.run([sys.executable, "-m", "majordomo.cli", "status", *args],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
@@ -119,7 +119,7 @@ def test_status_unreachable_nats_is_one_line() -> None:
 
 
 def test_status_without_a_url_says_how_to_give_one(tmp_path: Path) -> None:
-    cli = subprocess.run([sys.executable, "-m", "majordomo.status", "status"], capture_output=True, text=True,
+    cli = subprocess.run([sys.executable, "-m", "majordomo.cli", "status"], capture_output=True, text=True,
                          cwd=REPO, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert cli.returncode == 2 and "pass --nats URL" in cli.stderr
 

@@ -121,6 +121,14 @@ class DashboardModel:
                 self._touch("chefs", chef_id)
         elif kind == "chef.left":
             self._forget_chef(event.chef_id or event.source)
+        elif kind == "chef.lease_lost":
+            chef_id = event.chef_id or event.source
+            # Its steps go elsewhere: the MajorDomo queues them again, so they stop counting here.
+            for key in self._running_on.pop(chef_id, {}):
+                self._touch("steps", key)
+            if chef_id in self._chefs:
+                self._chefs[chef_id]["lease_lost"] = str(event.detail.get("reason", "")) or "lease lost"
+                self._touch("chefs", chef_id)
         elif kind in ("artefact.owned", "artefact.released"):
             self._ownership_event(event, owned=kind == "artefact.owned")
 
@@ -242,6 +250,13 @@ class DashboardModel:
         if not event.step_id:
             return
         key = f"{event.build_id}/{event.step_id}"
+        if state == "recovered":  # it succeeded after attempts that ended without an answer
+            step = self._steps.get(key)
+            history = event.detail.get("history")
+            if step is not None and isinstance(history, list):
+                step["recovered"] = [str(h) for h in history]
+                self._touch("steps", key)
+            return
         if state == "log":  # streamed output of a running step: detail {"text": ...}
             step = self._steps.get(key)
             text = event.detail.get("text")
@@ -258,11 +273,20 @@ class DashboardModel:
             step = {"key": key, "build_id": event.build_id, "step_id": event.step_id, "state": None,
                     "chef_id": "", "seq": self._seq, "queued_at": None, "started_at": None, "finished_at": None,
                     "duration_s": None, "code": "", "message": "", "log": "", "outputs": [], "reason": "",
-                    "candidates": [], "deps": [], "pass": 1, "timeline": []}
+                    "candidates": [], "deps": [], "pass": 1, "attempt": 1, "recovered": [], "timeline": []}
             self._steps[key] = step
         current = step["state"]
-        if current in TERMINAL and self._restarts(current, state, event):
-            step["pass"] += 1
+        attempt = event.detail.get("attempt")
+        if isinstance(attempt, int) and attempt > step["attempt"]:
+            step["attempt"] = attempt
+            restart = current is not None
+        else:
+            restart = current in TERMINAL and self._restarts(current, state, event)
+        if restart:
+            if not isinstance(attempt, int) or attempt <= 1:
+                step["pass"] += 1  # a new pass of a cycle; a retry only bumps `attempt`
+            if isinstance(attempt, int):
+                step["attempt"] = attempt
             step.update(started_at=None, finished_at=None, duration_s=None, code="", message="")
         elif current is not None and RANK[state] < RANK[current]:
             self._merge_detail(step, state, event)  # late news (say, placement reasons) still counts

@@ -202,7 +202,8 @@ function renderChefs() {
     setAttr(tr, "data-running", running);
     setAttr(tr, "title", Object.entries(c.tools || {}).map(([t, v]) => t + ": " + v).join("\n"));
     const td = cells(tr, 9);
-    setText(td[0], c.id); td[0].className = "mono";
+    setAttr(tr, "data-lease-lost", c.lease_lost || "");
+    setText(td[0], c.id + (c.lease_lost ? " (lease lost: " + c.lease_lost + ")" : "")); td[0].className = c.lease_lost ? "mono bad" : "mono";
     setText(td[1], c.host || "");
     setText(td[2], (c.kinds || []).join(", "));
     if (!td[3].firstChild) { td[3].innerHTML = '<span class="load"><div></div></span><span></span>'; }
@@ -223,6 +224,7 @@ function stepNote(s) {
   if (s.state === "failed") return s.message || s.code || "failed";
   if (s.state === "placed" && s.reason) return s.reason;
   if ((s.state === "done" || s.state === "cached") && s.outputs && s.outputs.length) return "→ " + s.outputs.join(", ");
+  if (s.attempt > 1) return "attempt " + s.attempt + (s.reason ? ": " + s.reason : "");
   if (s.pass > 1) return "pass " + s.pass;
   return s.reason || "";
 }
@@ -317,6 +319,7 @@ function renderLog() {
     else if (s.state === "running" || s.state === "pulling") text = "(running; output arrives when the step ends)";
     else text = "(no log in the events; `majordomo log " + s.step_id + "` shows the stored one)";
   }
+  if (s.recovered && s.recovered.length) text += "\n\nrecovered after:\n" + s.recovered.map((h) => "  " + h).join("\n");
   if (s.candidates && s.candidates.length) text += "\n\nplacement: " + (s.reason || "") + "\n" + s.candidates.map((c) => "  " + JSON.stringify(c)).join("\n");
   const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
   setText(pre, text);
