@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--authorized-keys", type=Path, default=None, help="file of public keys allowed to pull from us")
     p.add_argument("--tool", action="append", default=[], help="extra tool to advertise (repeat)")
     p.add_argument("--no-sandbox", action="store_true", help="run steps without bwrap even if it exists")
+    p.add_argument("--metrics-listen", type=_hostport, default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS",
                    help="how often to renew the lease (keep well under the MajorDomos' --lease)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -58,7 +60,7 @@ def config_from_args(args: argparse.Namespace) -> ChefConfig:
         store=args.store, federation=args.federation, sftp_listen=args.sftp_listen,
         advertise_host=args.advertise, slots=max(1, args.slots), client_key=args.key,
         authorized_keys=authorized, extra_tools=args.tool, sandbox=not args.no_sandbox,
-        heartbeat_s=max(0.1, args.heartbeat),
+        heartbeat_s=max(0.1, args.heartbeat), metrics_listen=args.metrics_listen,
     )
 
 

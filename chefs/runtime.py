@@ -26,6 +26,7 @@ from artefacts.sftp_server import ArtefactServer, store_resolver
 from artefacts.store import Store
 from artefacts.toolprobe import ToolProbe
 from chefs.cooking import Cook
+from chefs.metrics import ChefMetrics, MetricsServer
 from protocol import PROTOCOL_VERSION, subjects
 from protocol.errors import ErrorCode
 from protocol.kinds import KIND_TOOLS
@@ -66,6 +67,7 @@ class ChefConfig:
     extra_tools: list[str] = field(default_factory=list)
     sandbox: bool = True
     heartbeat_s: float = HEARTBEAT_S
+    metrics_listen: tuple[str, int] | None = None  # HOST:PORT for GET /metrics
 
 
 class Chef:
@@ -87,6 +89,8 @@ class Chef:
         self.counters = {"steps_ok": 0, "steps_failed": 0, "files_pulled": 0, "bytes_pulled": 0}
         self._decode_step = decoder(StepRequest)
         self._decode_pull = decoder(PullRequest)
+        self.metrics = ChefMetrics(config.id)
+        self._metrics_server: MetricsServer | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -101,6 +105,11 @@ class Chef:
         host, _port = await self._sftp.start(*cfg.sftp_listen)
         endpoint = self._sftp.endpoint(cfg.advertise_host or host)
         self._puller = Puller(client_key, self.store)
+        self.metrics.bytes_served = lambda: self._sftp.bytes_served if self._sftp else 0
+        if cfg.metrics_listen:
+            self._metrics_server = MetricsServer(self.metrics, refresh=self._measure_store)
+            mhost, mport = await self._metrics_server.start(*cfg.metrics_listen)
+            log.info("chef %s: Prometheus metrics on http://%s:%s/metrics", cfg.id, mhost, mport)
 
         probe = ToolProbe(cfg.home / "tools.json")
         wanted = sorted({t for k in cfg.kinds for t in KIND_TOOLS.get(k, ())} | set(cfg.extra_tools))
@@ -149,11 +158,21 @@ class Chef:
         assert self._info and self._kv
         info = msgspec.structs.replace(
             self._info, heartbeat_at=time.time(), running=len(self._running),
+            store_bytes=self.metrics.store_bytes,
         )
         await self._kv.put(self.config.id, encode(info))
 
+    async def _measure_store(self) -> None:
+        """The store's size, for heartbeats and metrics: a walk, so in a thread and not every beat."""
+        self.metrics.store_bytes = await asyncio.to_thread(self.store.size_bytes)
+
     async def _beat(self) -> None:
+        beats = 0
         while not self._stopping.is_set():
+            if beats % 15 == 0:
+                with contextlib.suppress(OSError):
+                    await self._measure_store()
+            beats += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.config.heartbeat_s)
             if self._stopping.is_set():
@@ -193,6 +212,8 @@ class Chef:
             await self._puller.close()
         if self._sftp:
             await self._sftp.stop()
+        if self._metrics_server:
+            await self._metrics_server.stop()
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -222,9 +243,12 @@ class Chef:
                 log.exception("step %s crashed the chef's cooking", step.step_id)
                 result = self._result(step, ErrorCode.INTERNAL, message=f"chef {self.config.id}: {exc!r}")
         self.counters["steps_ok" if result.ok else "steps_failed"] += 1
+        self.metrics.step_finished("ok" if result.ok else str(result.code), result.duration_s)
+        self.metrics.bytes_pulled = self.counters["bytes_pulled"]
         await self._publish("step.done" if result.ok else "step.failed", step, {
             "code": str(result.code), "duration_s": round(result.duration_s, 4),
             "outputs": [o.path for o in result.outputs], "message": result.message,
+            "log": result.log[-4000:],  # the tail, for dashboards; `majordomo log` keeps it all
         })
         with contextlib.suppress(Exception):
             await request.respond(encode(result), headers=headers())
