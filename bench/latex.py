@@ -17,8 +17,9 @@ LaTeX passes are pdflatex runs: majordomo's `ran     latex` progress lines, late
 Both PDFs must have the same text, with no unresolved "??".
 
 For reading the wall ratio, two informational figures: "steps" is the sum of the step durations
-the chefs report (the work itself, sandbox included), and "floor" is a majordomo build of a
-one-step project whose command is `true` (start-up of the CLI and the embedded federation).
+the chefs report (the work itself, sandbox included), and "floor" is a majordomo build that
+reruns the one step of a tiny project (`cp`, its input changed each round): what any build that
+runs a step pays to start the CLI and the embedded federation.
 """
 
 from __future__ import annotations
@@ -134,12 +135,15 @@ def run(base: Path, rounds: int) -> list[Row]:
 
     floor_root = base / "floor"
     floor_root.mkdir()
-    (floor_root / "majordomo.toml").write_text('[[step]]\nname = "noop"\noutputs = ["out"]\ncommand = "true > $@"\n')
+    (floor_root / "majordomo.toml").write_text('[[step]]\nname = "copy"\ninputs = ["in"]\noutputs = ["out"]\n'
+                                               'command = "cp $< $@"\n')
+    (floor_root / "in").write_text("warm-up\n")
     floor = majordomo_tool(floor_root, base / "config")
     floor.label = "floor"
+    floor.run("warm-up", 0)  # state database and tool identities exist from here on, as in the edit phase
 
     def run_floor(r: int) -> None:  # interleaved with the others, so load drift hits it alike
-        wipe(floor)
+        (floor_root / "in").write_text(f"round {r}, {time.perf_counter()}\n")
         floor.run("floor", r)
 
     print(f"1. clean build, {rounds} round(s)")
