@@ -134,11 +134,29 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if not (root / args.file).is_file():
         raise UserError(f"no {args.file} in {root}")
     try:
-        project = load_project(root, recipe_file=args.file, overrides=_parse_vars(args.var))
+        project = load_project(root, recipe_file=args.file, overrides=_parse_vars(args.var),
+                               list_files=_source_lister(root))
         _check_normalisers(project)
     except RecipeError as exc:
         raise UserError(str(exc)) from None
     return project
+
+
+def _source_lister(root: Path):  # type: ignore[no-untyped-def]
+    """The project's files as globs should see them: without the outputs this tool wrote.
+
+    An output whose recipe is gone is still on disk until the build removes it; a glob such as
+    `build/*.o` must not pick it up as a source. Outputs that recipes still make are added back
+    by the loader as outputs."""
+    from majordomo.recipes import list_project_files
+    from majordomo.state import produced_paths
+
+    def list_files() -> list[str]:
+        produced = produced_paths(root)
+        files = list_project_files(root)
+        return [f for f in files if f not in produced] if produced else files
+
+    return list_files
 
 
 def _check_normalisers(project) -> None:  # type: ignore[no-untyped-def]
@@ -260,7 +278,7 @@ def _watch(args: argparse.Namespace) -> int:
     )
 
     def load():  # type: ignore[no-untyped-def]
-        loaded = load_project(root, recipe_file=args.file, overrides=overrides)
+        loaded = load_project(root, recipe_file=args.file, overrides=overrides, list_files=_source_lister(root))
         _check_normalisers(loaded)
         return loaded
 

@@ -71,6 +71,21 @@ _paths_dec = msgspec.msgpack.Decoder(list[str])
 _detail_dec = msgspec.msgpack.Decoder(KeyDetail)
 
 
+def produced_paths(project_root: Path) -> set[str]:
+    """Workspace files this tool wrote, read without opening the full state (for the loader)."""
+    path = project_root / ".majordomo" / "state.db"
+    if not path.exists():
+        return set()
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return {row[0] for row in db.execute("SELECT path FROM produced")}
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return set()
+
+
 class StateError(Exception):
     """The state database is unusable (another version, or corrupt)."""
 

@@ -69,3 +69,29 @@ command = "cp $< $@"
     assert "removed out/count.txt: no recipe makes it any more" in run.stdout
     assert not (project / "out/count.txt").exists()
     assert (project / "out/shout.txt").exists()
+
+
+def test_stale_output_is_not_picked_up_by_a_glob(tmp_path: Path) -> None:
+    recipe = """
+[[rule]]
+name = "up"
+inputs = ["src/%.txt"]
+outputs = ["build/%.up"]
+keep = true
+command = "tr a-z A-Z < $< > $@"
+
+[[step]]
+name = "join"
+inputs = ["build/*.up"]
+outputs = ["build/all.txt"]
+command = "cat $^ > $@"
+"""
+    project = write_project(tmp_path / "p", recipe, {"src/a.txt": "a\n", "src/b.txt": "b\n"})
+    assert majordomo(project, "build").code == 0
+    assert (project / "build/b.up").exists()  # kept in the workspace
+    (project / "src/b.txt").unlink()
+    run = majordomo(project, "build")
+    assert run.code == 0, run.stderr
+    # The stale build/b.up is neither an input of join nor left behind: as a clean build.
+    assert (project / "build/all.txt").read_text() == "A\n"
+    assert not (project / "build/b.up").exists()
