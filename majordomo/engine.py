@@ -295,8 +295,10 @@ class Build:
         history: dict[str, list[str]] = {p: [self.digests.get(p, ABSENT)] for p in produced}
         for n in range(1, max_passes + 1):
             before = {p: self._cutoff_digest(p) for p in produced}
-            for step in unit:
+            for index, step in enumerate(unit):
                 if not await self._settle_step(step, materialize=False):
+                    for rest in unit[index + 1:]:  # every member is accounted for in the report
+                        self._finish(StepOutcome(rest, "skipped", message=f"{step.id} failed in its cycle"))
                     return False
             after = {p: self._cutoff_digest(p) for p in produced}
             for p in produced:

@@ -60,3 +60,15 @@ def test_oscillating_cycle_names_the_artefact(tmp_path: Path) -> None:
     message = next(ln for ln in run.stderr.splitlines() if "FAILED" in ln)
     assert "did not settle in 4 passes" in message and "out/t.txt" in message
     assert not (project / "out/t.txt").exists()  # nothing half-settled reaches the workspace
+
+
+def test_failing_cycle_member_accounts_for_every_step(tmp_path: Path) -> None:
+    # The first member fails in the first pass: the second never runs, and says why.
+    recipe = TWO_STEP_CYCLE.replace("echo doc-$$n > out/doc.out", "exit 3")
+    project = write_project(tmp_path / "p", recipe, {"doc.txt": "2\n"})
+    run = majordomo(project, "build", "--json")
+    assert run.code == 1
+    s = run.summary
+    assert (s["steps_run"], s["steps_failed"], s["steps_skipped"]) == (0, 1, 1)
+    assert "skipped bib: latex failed in its cycle" in run.stderr
+    assert not (project / "out/doc.out").exists()
