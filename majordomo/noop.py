@@ -21,12 +21,13 @@ import os
 import shutil
 import time
 
-STAMP_FORMAT = 2
+STAMP_FORMAT = 3
 MAX_TOUCHED = 64  # more files with new stats than this: let the full path decide
 # File times come from the kernel's coarse clock (one tick, at most ~10 ms, behind the fine one):
 # an entry stat'ed less than a tick after its last change could change again unseen.
 TICK_MARGIN_NS = 20_000_000
-_Stat = tuple[int, int, int, int]  # size, mtime_ns, ino, ctime_ns
+_Stat = tuple[int, int, int, int, int]  # size, mtime_ns, ino, ctime_ns, executable bits
+_XBITS = 4
 
 
 def _stat(path: str) -> _Stat | None:
@@ -34,7 +35,8 @@ def _stat(path: str) -> _Stat | None:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    # The executable bits are part of action keys (`./run.sh` must run): a chmod is a change.
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_mode & 0o111)
 
 
 def stamp_path(root: str) -> str:
@@ -115,6 +117,8 @@ def check_stamp(root: str, args_key: str) -> int | None:
         if now != st:
             if now is None or st is None or not digest or len(touched) >= MAX_TOUCHED:
                 return None
+            if now[_XBITS] != st[_XBITS] or now[0] != st[0]:
+                return None  # a mode change, or other bytes for sure: the full path decides
             touched.append((index, rel, digest))
     for tool, real, st in tool_stats:
         found = shutil.which(tool)

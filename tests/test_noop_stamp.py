@@ -34,6 +34,10 @@ def test_stamp_is_used_only_while_nothing_changed(tmp_path: Path) -> None:
     assert FAST in touched.stderr and touched.summary["steps_run"] == 0
     assert FAST in majordomo(project, "build").stdout
 
+    (project / "src/a.txt").chmod(0o755)  # same bytes, but the executable bit is in the key
+    chmodded = majordomo(project, "build", "--json")
+    assert FAST not in chmodded.stderr and chmodded.summary["steps_run"] == 1  # join: cut off
+
     (project / "src/b.txt").write_text("bee\n")  # content
     run = majordomo(project, "build", "--json")
     assert FAST not in run.stderr and run.summary["steps_run"] == 2
