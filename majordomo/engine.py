@@ -212,12 +212,13 @@ class Build:
             self._served[digest] = self.root / rel
 
     async def _remove_stale_outputs(self) -> None:
-        """Delete workspace files this tool wrote for recipes that no longer make them.
+        """Delete workspace files this tool wrote that a clean build would not leave there: outputs
+        no recipe makes any more, and outputs that became intermediates (a new step consumes them).
 
         Only files still holding the bytes we wrote are removed: a file the user changed since
         is kept (and no longer tracked), never lost."""
         produced = self.state.load_produced()
-        stale = [p for p in produced if self.graph.producer(p) is None]
+        stale = [p for p in produced if self.graph.producer(p) is None or not self.graph.is_final(p)]
         if not stale:
             return
         current = await scan(self.root, stale, self._stat_cache())

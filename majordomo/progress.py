@@ -42,7 +42,7 @@ class LineReporter:
 
     def summary(self, report: BuildReport) -> None:
         for path in report.removed:
-            print(f"removed {path}: no recipe makes it any more", file=self.out)
+            print(f"removed {path}: no longer a final output", file=self.out)
         verdict = "ok" if report.ok else "FAILED"
         parts = [f"{report.steps_run} run", f"{report.steps_cached} cached", f"{report.steps_failed} failed"]
         if report.steps_skipped:

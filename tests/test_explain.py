@@ -66,7 +66,7 @@ command = "cp $< $@"
     assert majordomo(project, "build").code == 0
     (project / "majordomo.toml").write_text(RECIPE.split("[[step]]\nname = \"count\"")[0])
     run = majordomo(project, "build")
-    assert "removed out/count.txt: no recipe makes it any more" in run.stdout
+    assert "removed out/count.txt: no longer a final output" in run.stdout
     assert not (project / "out/count.txt").exists()
     assert (project / "out/shout.txt").exists()
 
