@@ -75,13 +75,17 @@ def write_stamp(root: str, args_key: str, recipe_file: str, files: list[tuple[st
         newest = max((s[1] for s in stats), default=0)
         if newest < now - TICK_MARGIN_NS:
             break
-        # Just written (a fetched output): let a tick pass, then look again.
-        time.sleep((newest + TICK_MARGIN_NS - now) / 1e9 + 0.001)
+        if newest > now:
+            break  # a file dated in the future: no wait makes its stat trustworthy (see below)
+        # Just written (a fetched output): let a tick pass, then look again (at most ~21 ms).
+        time.sleep(min(newest + TICK_MARGIN_NS - now, TICK_MARGIN_NS) / 1e9 + 0.001)
     else:
         remove_stamp(root)
         return
-    if recipe is None or (stats and all(s[1] % 1_000_000_000 == 0 for s in stats)):
-        remove_stamp(root)  # whole-second file times: a stat cannot vouch for anything
+    if recipe is None or newest >= time.time_ns() - TICK_MARGIN_NS or (
+            stats and all(s[1] % 1_000_000_000 == 0 for s in stats)):
+        # Still too fresh, dated in the future, or whole-second file times: stats cannot vouch.
+        remove_stamp(root)
         return
     tool_stats = []
     for tool in tools:

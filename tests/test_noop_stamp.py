@@ -69,3 +69,12 @@ def test_failed_build_leaves_no_stamp(tmp_path: Path) -> None:
     assert majordomo(project, "build").code == 1
     assert not (project / ".majordomo" / "noop.stamp").exists()
     assert majordomo(project, "build").code == 1  # still failing: no stamp may claim otherwise
+
+
+def test_future_mtime_neither_hangs_nor_stamps(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", RECIPE, {"src/a.txt": "a\n"})
+    future = 4_000_000_000 * 10**9  # the year 2096
+    os.utime(project / "src/a.txt", ns=(future, future))
+    assert majordomo(project, "build", timeout=60).code == 0
+    assert not (project / ".majordomo" / "noop.stamp").exists()
+    assert FAST not in majordomo(project, "build", timeout=60).stdout
