@@ -37,12 +37,17 @@ async def connect(url: str, name: str, *, deadline_s: float = CONNECT_DEADLINE_S
         errors.append(str(exc) or type(exc).__name__)
 
     nc = NATS()
+    servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: any node will do
     try:
         await asyncio.wait_for(
             nc.connect(
-                servers=[url],
+                servers=servers,
                 name=name,
                 connect_timeout=1,
+                # Notice a silently dead server within a few seconds (default: ~4 minutes), well
+                # inside a chef's lease, so the connection fails over before leases lapse.
+                ping_interval=2,
+                max_outstanding_pings=2,
                 # nats-py loops inside the first connect until a server is tried more than
                 # max_reconnect_attempts times: keep that to one quick retry.
                 reconnect_time_wait=0.1,
@@ -160,9 +165,30 @@ def pid_alive(pid: int) -> bool:
 
 
 async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history: int = 1):  # type: ignore[no-untyped-def]
-    """Open a JetStream KV bucket, creating it on first use (creation with one config is idempotent)."""
+    """Open a JetStream KV bucket, creating it on first use (creation with one config is idempotent).
+
+    On a NATS cluster it is replicated to as many nodes as there are, up to 3, so losing a node
+    loses no registry entry, owner or cached result; on a single server, one replica."""
     js = nc.jetstream()
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(bucket=bucket, ttl=ttl, history=history)
+        replicas = max(1, min(3, len(nc.servers)))
+        return await js.create_key_value(bucket=bucket, ttl=ttl, history=history, replicas=replicas)
+
+
+def local_address_towards(url: str) -> str | None:
+    """This host's address on the route to a NATS server (a UDP connect sends nothing), so a pod
+    can advertise an SFTP address its peers reach; None when the server is on loopback."""
+    import socket
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url.split(",")[0].strip()).hostname or ""
+    if not host or host in ("localhost", "::1") or host.startswith("127."):
+        return None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 4222))
+            return probe.getsockname()[0]
+    except OSError:
+        return None

@@ -8,10 +8,13 @@ sees the same truth.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
@@ -20,6 +23,25 @@ from protocol import subjects
 from protocol.messages import OutputRef, Ownership
 
 CAS_TRIES = 16
+# A KV operation may time out while a NATS cluster elects a new stream leader (a node died):
+# try again for about as long as a lease lasts before giving up.
+RETRY_FOR_S = 10.0
+_TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
+              TimeoutError)
+
+
+async def _retrying(operation: Callable[[], Awaitable[T]]) -> T:
+    deadline = asyncio.get_running_loop().time() + RETRY_FOR_S
+    delay = 0.1
+    while True:
+        try:
+            return await operation()
+        except _TRANSIENT:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)  # a back-off between retries, not a wait for an event
+            delay = min(delay * 2, 1.0)
+T = TypeVar("T")
 _own_enc = msgspec.msgpack.Encoder()
 _own_dec = msgspec.msgpack.Decoder(Ownership)
 _outputs_dec = msgspec.msgpack.Decoder(list[OutputRef])
@@ -41,16 +63,17 @@ class FederationMaps:
 
     async def owners(self, digest: str) -> Ownership | None:
         try:
-            entry = await self._owners.get(subjects.kv_key(digest))
+            entry = await _retrying(lambda: self._owners.get(subjects.kv_key(digest)))
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
         return _own_dec.decode(entry.value) if entry.value else None
 
     async def add_owner(self, digest: str, size: int, pod: str) -> None:
-        await self._change(digest, size, lambda owners: owners if pod in owners else [*owners, pod])
+        await _retrying(lambda: self._change(digest, size, lambda owners: owners if pod in owners else [*owners, pod]))
 
     async def remove_owner(self, digest: str, pod: str) -> None:
-        await self._change(digest, 0, lambda owners: [o for o in owners if o != pod], create=False)
+        await _retrying(lambda: self._change(digest, 0, lambda owners: [o for o in owners if o != pod],
+                                             create=False))
 
     async def _change(self, digest: str, size: int, change: Any, *, create: bool = True) -> None:
         key = subjects.kv_key(digest)
@@ -81,11 +104,11 @@ class FederationMaps:
 
     async def put_action(self, action_key: str, outputs: list[OutputRef]) -> None:
         with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-            await self._actions.put(subjects.kv_key(action_key), _own_enc.encode(outputs))
+            await _retrying(lambda: self._actions.put(subjects.kv_key(action_key), _own_enc.encode(outputs)))
 
     async def get_action(self, action_key: str) -> list[OutputRef] | None:
         try:
-            entry = await self._actions.get(subjects.kv_key(action_key))
+            entry = await _retrying(lambda: self._actions.get(subjects.kv_key(action_key)))
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
         return _outputs_dec.decode(entry.value) if entry.value else None

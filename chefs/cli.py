@@ -11,7 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
-from artefacts.natsutil import NatsUnreachable
+from artefacts.natsutil import NatsUnreachable, local_address_towards
 from chefs.runtime import Chef, ChefConfig
 from protocol import subjects
 from protocol.kinds import KNOWN_KINDS
@@ -55,10 +55,16 @@ def config_from_args(args: argparse.Namespace) -> ChefConfig:
     if args.authorized_keys:
         authorized = [ln.strip() for ln in args.authorized_keys.read_text().splitlines()
                       if ln.strip() and not ln.startswith("#")]
+    sftp_listen, advertise = args.sftp_listen, args.advertise
+    if sftp_listen[0] == "127.0.0.1" and not advertise:
+        # Peers elsewhere cannot reach our loopback: serve on the address that routes to NATS.
+        towards = local_address_towards(args.nats)
+        if towards:
+            sftp_listen, advertise = (towards, sftp_listen[1]), towards
     return ChefConfig(
         id=chef_id, nats_url=args.nats, kinds=list(dict.fromkeys(args.kind)), home=home,
-        store=args.store, federation=args.federation, sftp_listen=args.sftp_listen,
-        advertise_host=args.advertise, slots=max(1, args.slots), client_key=args.key,
+        store=args.store, federation=args.federation, sftp_listen=sftp_listen,
+        advertise_host=advertise, slots=max(1, args.slots), client_key=args.key,
         authorized_keys=authorized, extra_tools=args.tool, sandbox=not args.no_sandbox,
         heartbeat_s=max(0.1, args.heartbeat), metrics_listen=args.metrics_listen,
     )

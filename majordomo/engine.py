@@ -419,7 +419,10 @@ class Build:
         await self._federation()
         if not self._maps:
             return None
-        outputs = await self._maps.get_action(key)
+        try:
+            outputs = await self._maps.get_action(key)
+        except Exception:  # the shared cache unreachable: run the step instead
+            return None
         if outputs is None:
             return None
         for out in outputs:
@@ -539,6 +542,18 @@ class Build:
         if self._leases:
             self._leases.lost(chef_id).set()
 
+    def _chef_back(self, registration: bytes) -> None:
+        """A chef whose heartbeats resumed takes steps again (NATS failover, a healed link)."""
+        from protocol.messages import ChefInfo
+
+        try:
+            chef = msgspec.msgpack.decode(registration, type=ChefInfo)
+        except msgspec.DecodeError:
+            return
+        if all(c.id != chef.id for c in self._chefs):
+            self._chefs.append(chef)
+            self._publish("chef.lease_renewed", chef=chef.id)
+
     async def _accept_result(self, step: Step, key: str, inputs: dict[str, str], toolchain: dict[str, str],
                              result: StepResult, materialize: bool = True) -> bool:
         discovered = self.graph.accept_discovered(step, result.discovered)
@@ -555,10 +570,13 @@ class Build:
             self._owners().setdefault(digest, set()).add(result.chef_id)  # it pulled what it lacked
         if self._maps:
             maps = self._maps
-            await asyncio.gather(*(maps.add_owner(o.digest, o.size, result.chef_id) for o in result.outputs))
-            # Only under the key of what the step really read: the declared-inputs key alone would
-            # let a checkout with other headers (other may_read files) reuse these outputs.
-            await maps.put_action(final_key, list(result.outputs))
+            try:
+                await asyncio.gather(*(maps.add_owner(o.digest, o.size, result.chef_id) for o in result.outputs))
+                # Only under the key of what the step really read: the declared-inputs key alone would
+                # let a checkout with other headers (other may_read files) reuse these outputs.
+                await maps.put_action(final_key, list(result.outputs))
+            except Exception as exc:  # the shared maps are advisory: the result itself is good
+                self._publish("federation.degraded", step, result.chef_id, {"error": repr(exc)})
         await self.state.run(lambda: self.state.record_result(
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log,
             detail))
@@ -684,7 +702,7 @@ class Build:
                 from majordomo.leases import Leases
 
                 self._leases = Leases(fed.nc, subjects.chefs_bucket(self.options.federation),
-                                      self.options.lease_s, on_lost=self._chef_lost)
+                                      self.options.lease_s, on_lost=self._chef_lost, on_back=self._chef_back)
                 await self._leases.start(c.id for c in self._chefs)
                 from artefacts.ownership import FederationMaps
 
@@ -743,18 +761,23 @@ class Build:
         self._owners().setdefault(digest, set()).add(pod)
         await self.state.run(lambda: self.state.add_owner(digest, pod, size))
         if self._maps:
-            await self._maps.add_owner(digest, size, pod)
+            with contextlib.suppress(Exception):  # advisory: our own state has it
+                await self._maps.add_owner(digest, size, pod)
 
     async def _drop_owner(self, digest: str, pod: str) -> None:
         self._owners().get(digest, set()).discard(pod)
         await self.state.run(lambda: self.state.drop_owner(digest, pod))
         if self._maps:
-            await self._maps.remove_owner(digest, pod)
+            with contextlib.suppress(Exception):
+                await self._maps.remove_owner(digest, pod)
 
     async def _learn_owners(self, digest: str) -> None:
         """Ask the federation's map who owns a digest we know no live owner of."""
         if self._maps:
-            found = await self._maps.owners(digest)
+            try:
+                found = await self._maps.owners(digest)
+            except Exception:  # the map unreachable: decide with what we know
+                return
             if found:
                 self._owners().setdefault(digest, set()).update(found.owners)
 

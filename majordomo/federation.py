@@ -17,7 +17,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from artefacts.keys import load_or_create_key, public_key_line
-from artefacts.natsutil import EmbeddedNats, connect, kv_bucket
+from artefacts.natsutil import EmbeddedNats, connect, kv_bucket, local_address_towards
 from artefacts.sftp_client import Puller
 from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
@@ -136,8 +136,15 @@ class Federation:
             lines += [ln.strip() for ln in Path(extra).read_text().splitlines() if ln.strip()]
         # Through an indirection: `watch` points one long-lived server at each new build's files.
         self.sftp = ArtefactServer(lambda digest: self.resolve(digest), host_key, lines)
-        host, _port = await self.sftp.start(*self.sftp_listen)
-        self.pod = Pod(id=self.pod_id, sftp=self.sftp.endpoint(self.advertise_host or host))
+        listen = self.sftp_listen
+        advertise = self.advertise_host
+        if self.nats_url and listen[0] == "127.0.0.1" and not advertise:
+            # Chefs elsewhere cannot reach our loopback: serve on the address that routes to NATS.
+            towards = local_address_towards(self.nats_url)
+            if towards:
+                listen, advertise = (towards, listen[1]), towards
+        host, _port = await self.sftp.start(*listen)
+        self.pod = Pod(id=self.pod_id, sftp=self.sftp.endpoint(advertise or host))
         # Final outputs are fetched straight into the workspace; the store only holds temp files.
         self.puller = Puller(fed_key, Store(self.state_dir / "store"))
         url = self.nats_url

@@ -23,11 +23,13 @@ _DELETE_OPS = {"DEL", "PURGE"}
 
 class Leases:
     def __init__(self, nc: NATS, bucket: str, lease_s: float = DEFAULT_LEASE_S,
-                 on_lost: Callable[[str, str], None] | None = None) -> None:
+                 on_lost: Callable[[str, str], None] | None = None,
+                 on_back: Callable[[bytes], None] | None = None) -> None:
         self.nc = nc
         self.bucket = bucket
         self.lease_s = lease_s
         self.on_lost = on_lost or (lambda _chef, _why: None)
+        self.on_back = on_back or (lambda _registration: None)
         self._last_seen: dict[str, float] = {}
         self._lost: dict[str, asyncio.Event] = {}
         self._sub = None
@@ -50,7 +52,9 @@ class Leases:
                 await self._sub.unsubscribe()
 
     def lost(self, chef: str) -> asyncio.Event:
-        """An event set once `chef` loses its lease (never cleared: a returning chef is new)."""
+        """An event set once `chef` loses its current lease. It is never cleared: the attempts
+        that waited on it stay ended (their late answers ignored); a chef whose heartbeats resume
+        gets a new lease, with a new event."""
         return self._lost.setdefault(chef, asyncio.Event())
 
     def alive(self, chef: str) -> bool:
@@ -61,8 +65,11 @@ class Leases:
         op = (msg.headers or {}).get("KV-Operation", "")
         if op in _DELETE_OPS:
             self._expire(chef, "deregistered")
-        elif not self.lost(chef).is_set():
-            self._last_seen[chef] = time.monotonic()
+            return
+        if self.lost(chef).is_set():  # back after an outage (NATS failover, a healed link)
+            self._lost[chef] = asyncio.Event()
+            self.on_back(msg.data)
+        self._last_seen[chef] = time.monotonic()
 
     async def _check(self) -> None:
         while True:
