@@ -178,8 +178,6 @@ def test_build_through_nats_cluster(net: Net, tmp_path: Path) -> None:
     assert len({e["chef_id"] for e in fed.events.all() if e["kind"] == "step.done"}) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="artefacts/natsutil.kv_bucket creates KV buckets without num_replicas "
-                                       "(replicas=1): the chef registry lives on one NATS node")
 def test_cluster_kv_buckets_are_replicated(net: Net, tmp_path: Path) -> None:
     servers = start_nats_cluster(net, CLUSTER, tmp_path / "nats")
     key = make_key(tmp_path / "keys")
@@ -189,8 +187,6 @@ def test_cluster_kv_buckets_are_replicated(net: Net, tmp_path: Path) -> None:
     assert info["replicas"] == 3, info
 
 
-@pytest.mark.xfail(strict=True, reason="artefacts/natsutil.connect passes servers=[url]: a comma-separated "
-                                       "list of NATS URLs is one unparseable server, so no fallback")
 def test_nats_url_list_skips_a_dead_server(net: Net, tmp_path: Path) -> None:
     # NATS runs on host 6 only; host 1, first in the list, has nothing listening (a node that is down).
     start_nats(net, 6, tmp_path / "nats")
@@ -219,11 +215,6 @@ def _all_urls(net: Net) -> str:
     return ",".join(nats_url(net, h) for h in CLUSTER)
 
 
-@pytest.mark.xfail(strict=True, reason="KV buckets are created with replicas=1 (artefacts/natsutil.kv_bucket): the "
-                                       "registry and ownership map die with their node; and KV writes after a result "
-                                       "(artefacts/ownership.FederationMaps via majordomo/engine._accept_result) are not "
-                                       "retried across a stream leader election, so steps fail 'internal error: "
-                                       "TimeoutError()'")
 def test_nats_node_killed_mid_build(net: Net, tmp_path: Path) -> None:
     # Clients know node 1's URL only and learn the others from the cluster. The node killed is the one
     # holding the chef registry (its stream leader): the worst one to lose.
@@ -282,10 +273,9 @@ def test_step_replies_survive_nats_failover(net: Net, tmp_path: Path) -> None:
     assert (project / "build/all.txt").read_text() == "0\n1\n2\n"
 
 
-@pytest.mark.xfail(strict=True, reason="artefacts/natsutil.connect keeps nats-py's ping_interval=120 s (2 pings): "
-                                       "clients of a silently unreachable server fail over after ~4 min, long after the "
-                                       "chefs' leases lapse; with a short ping they do fail over, and then hang on step "
-                                       "replies lost in the failover (as in test_step_replies_survive_nats_failover)")
+@pytest.mark.xfail(strict=True, reason="clients now fail over within seconds (ping every 2 s), but a step reply "
+                                       "published during the failover is lost: results travel only as core-NATS replies "
+                                       "(as in test_step_replies_survive_nats_failover)")
 def test_nats_node_cut_off_mid_build(net: Net, tmp_path: Path) -> None:
     # Node 1, which everyone uses, loses its cable (no FIN, no RST: a partition, a power cut). It holds
     # no JetStream data, so only failover is under test: nodes 6 and 7 are there to fail over to.
