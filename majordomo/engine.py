@@ -105,16 +105,20 @@ class BuildReport:
 
 
 Listener = Callable[[StepOutcome, int, int], None]
+EventListener = Callable[[str, str, str, dict[str, object]], None]
 
 
 class Build:
     def __init__(self, project: Project, state: State, options: BuildOptions, on_step: Listener | None = None,
-                 shared: Federation | None = None) -> None:
+                 shared: Federation | None = None, on_event: EventListener | None = None) -> None:
         self.project = project
         self.root = project.root
         self.state = state
         self.options = options
         self.on_step = on_step or (lambda *_: None)
+        # Every event this build publishes, also handed to the caller in-process (live progress),
+        # whether or not a federation is up: (kind, step id, chef id, detail).
+        self.on_event = on_event
         self.build_id = uuid.uuid4().hex[:12]
         self.pod_id = options.pod_id or f"majordomo-{uuid.uuid5(uuid.NAMESPACE_URL, str(self.root)).hex[:8]}"
         self.report = BuildReport()
@@ -873,6 +877,8 @@ class Build:
         """Publish an event on `<fed>.events.<kind>`; before the federation is up, keep it for later
         (a no-op build never connects, and its buffered events are simply dropped)."""
         entry = (kind, step.id if step else "", chef, detail or {})
+        if self.on_event is not None:
+            self.on_event(*entry)
         fed = self._fed
         if fed is None or fed.nc is None:
             self._events.append(entry)
