@@ -40,6 +40,12 @@ class LineReporter:
                 print(f"    | {line}", file=self.out)
             self.out.flush()
 
+    def event(self, kind: str, step_id: str, chef_id: str, detail: dict[str, object]) -> None:
+        """Build events (step placed, ...): plain lines do not show them."""
+
+    def close(self) -> None:
+        """Nothing on screen to clean up."""
+
     def summary(self, report: BuildReport) -> None:
         for path in report.removed:
             print(f"removed {path}: no longer a final output", file=self.out)
@@ -49,3 +55,8 @@ class LineReporter:
             parts.append(f"{report.steps_skipped} skipped")
         pulled = f", {report.files_pulled} files / {report.bytes_pulled} bytes pulled" if report.files_pulled else ""
         print(f"build {verdict}: {', '.join(parts)} in {report.duration_s:.2f}s{pulled}", file=self.out, flush=True)
+
+
+def make_reporter(out: TextIO, *, quiet: bool = False, verbose: bool = False, live: bool = True) -> LineReporter:
+    """The reporter for `out`: plain lines for now."""
+    return LineReporter(out, quiet=quiet, verbose=verbose)
