@@ -208,7 +208,7 @@ def _full_build(args: argparse.Namespace, nats_url: str | None, stamp_key: str |
     import json
 
     from majordomo import noop
-    from majordomo.progress import LineReporter
+    from majordomo.progress import make_reporter
     from majordomo.state import State, StateError
 
     project = _load(args)
@@ -217,7 +217,7 @@ def _full_build(args: argparse.Namespace, nats_url: str | None, stamp_key: str |
     except StateError as exc:
         raise UserError(str(exc)) from None
     human: TextIO = sys.stderr if args.json else sys.stdout
-    reporter = LineReporter(human, quiet=args.quiet, verbose=args.verbose)
+    reporter = make_reporter(human, quiet=args.quiet, verbose=args.verbose, live=not args.json)
     try:
         report, build = asyncio.run(_run_build(project, state, args, nats_url, reporter))
     finally:
@@ -243,7 +243,7 @@ async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[
                            federation=args.federation or subjects.DEFAULT_FEDERATION,
                            sftp_listen=(host, int(port)), advertise_host=args.advertise,
                            lease_s=max(0.5, args.lease), max_attempts=max(1, args.max_attempts))
-    build = Build(project, state, options, on_step=reporter.step)
+    build = Build(project, state, options, on_step=reporter.step, on_event=reporter.event)
     try:
         return await build.run(), build
     except BuildError as exc:
@@ -262,7 +262,7 @@ def _watch(args: argparse.Namespace) -> int:
     import asyncio
 
     from majordomo.engine import BuildOptions
-    from majordomo.progress import LineReporter
+    from majordomo.progress import make_reporter
     from majordomo.recipes import load_project
     from majordomo.watch import WatchOptions, watch
     from protocol import subjects
@@ -270,7 +270,7 @@ def _watch(args: argparse.Namespace) -> int:
     project = _load(args)  # a broken recipe at start is an error; later ones are reported and waited out
     root = project.root
     overrides = _parse_vars(args.var)
-    reporter = LineReporter(sys.stdout, quiet=args.quiet, verbose=args.verbose)
+    reporter = make_reporter(sys.stdout, quiet=args.quiet, verbose=args.verbose)
     options = WatchOptions(
         build=BuildOptions(targets=args.targets, jobs=max(0, args.jobs), nats_url=args.nats or _config_nats(),
                            federation=args.federation or subjects.DEFAULT_FEDERATION),
