@@ -11,11 +11,13 @@ Sync methods touch the disk: async callers run them with `asyncio.to_thread`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -179,6 +181,59 @@ class Store:
                 raise
 
     # --- maintenance ---------------------------------------------------------------------------
+
+    def quarantine(self, digest: str) -> Path | None:
+        """Move a stored file whose bytes turned out wrong out of the store, kept for inspection.
+
+        A stored file is verified by construction; this is for the exceptional one (disk error,
+        tampering) that a peer caught serving wrong bytes."""
+        path = self.path_for(digest)
+        target = self.root / "quarantine" / f"{digest.replace(':', '-')}.{os.getpid()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None
+        return target
+
+    def touch(self, digest: str) -> None:
+        """Mark an entry used: its atime is the LRU clock. (Not its mtime: concurrent steps link the
+        same inode and check its mtime to catch a step writing to an input.)"""
+        path = self.path_for(digest)
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
+
+    def eviction_candidates(self, high_water_bytes: int, low_water_bytes: int) -> list[tuple[str, int]]:
+        """Least recently used entries to delete to get from above `high_water_bytes` down to
+        `low_water_bytes`; never one a task dir links (st_nlink > 1). (digest, size) pairs."""
+        entries: list[tuple[int, str, int]] = []
+        total = 0
+        algo_dir = self.root / self.algo
+        for dirpath, _dirs, files in os.walk(algo_dir):
+            for name in files:
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue
+                total += st.st_size
+                if st.st_nlink == 1:
+                    entries.append((max(st.st_atime_ns, st.st_mtime_ns), f"{self.algo}:{name}", st.st_size))
+        if total <= high_water_bytes:
+            return []
+        chosen: list[tuple[str, int]] = []
+        for _mtime, digest, size in sorted(entries):
+            if total <= low_water_bytes:
+                break
+            chosen.append((digest, size))
+            total -= size
+        return chosen
+
+    def delete(self, digest: str) -> None:
+        """Remove an entry (after its ownership was released); a task dir's link keeps its bytes."""
+        path = self.path_for(digest)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path, 0o644)
+            os.unlink(path)
 
     def recover(self) -> None:
         """Crash recovery, once at start: delete leftovers in tmp/ of writers that are gone.

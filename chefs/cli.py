@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--authorized-keys", type=Path, default=None, help="file of public keys allowed to pull from us")
     p.add_argument("--tool", action="append", default=[], help="extra tool to advertise (repeat)")
     p.add_argument("--no-sandbox", action="store_true", help="run steps without bwrap even if it exists")
+    p.add_argument("--store-max-bytes", type=int, default=0, metavar="BYTES",
+                   help="evict least recently used artefacts above this store size (default: keep all)")
+    p.add_argument("--no-hand-over", action="store_true",
+                   help="on SIGTERM, do not pass artefacts only this chef holds to a peer")
     p.add_argument("--metrics-listen", type=_hostport, default=None, metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS",
@@ -67,6 +71,7 @@ def config_from_args(args: argparse.Namespace) -> ChefConfig:
         advertise_host=advertise, slots=max(1, args.slots), client_key=args.key,
         authorized_keys=authorized, extra_tools=args.tool, sandbox=not args.no_sandbox,
         heartbeat_s=max(0.1, args.heartbeat), metrics_listen=args.metrics_listen,
+        store_max_bytes=max(0, args.store_max_bytes), hand_over=not args.no_hand_over,
     )
 
 

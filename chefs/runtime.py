@@ -18,10 +18,11 @@ import nats.micro
 from nats.aio.client import Client as NATS
 from nats.micro.request import Request
 
+from artefacts.hashing import hash_files
 from artefacts.keys import load_or_create_key, public_key_line
 from artefacts.natsutil import connect, kv_bucket
 from artefacts.ownership import FederationMaps
-from artefacts.sftp_client import Puller, PullError
+from artefacts.sftp_client import DigestMismatch, Puller, PullError
 from artefacts.sftp_server import ArtefactServer, store_resolver
 from artefacts.store import Store
 from artefacts.toolprobe import ToolProbe
@@ -37,8 +38,11 @@ from protocol.messages import (
     Pod,
     PullRequest,
     PullResult,
+    SftpEndpoint,
     StepRequest,
     StepResult,
+    VerifyRequest,
+    VerifyResult,
     decoder,
     encode,
     encode_json,
@@ -67,6 +71,8 @@ class ChefConfig:
     extra_tools: list[str] = field(default_factory=list)
     sandbox: bool = True
     heartbeat_s: float = HEARTBEAT_S
+    store_max_bytes: int = 0  # evict least recently used entries above this; 0 keeps everything
+    hand_over: bool = True  # on SIGTERM, make sure what only we hold has another owner
     metrics_listen: tuple[str, int] | None = None  # HOST:PORT for GET /metrics
 
 
@@ -77,6 +83,7 @@ class Chef:
         self._slots = asyncio.Semaphore(config.slots)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
+        self._deregistered = asyncio.Event()
         self._nc: NATS | None = None
         self._service: nats.micro.service.Service | None = None
         self._sftp: ArtefactServer | None = None
@@ -86,6 +93,7 @@ class Chef:
         self._maps: FederationMaps | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._inflight_pulls: dict[str, asyncio.Task[int]] = {}
+        self._bad_owners: dict[str, set[str]] = {}  # digest -> pods that served wrong bytes
         self.counters = {"steps_ok": 0, "steps_failed": 0, "files_pulled": 0, "bytes_pulled": 0}
         self._decode_step = decoder(StepRequest)
         self._decode_pull = decoder(PullRequest)
@@ -147,6 +155,9 @@ class Chef:
         await self._service.add_endpoint(
             name="pull", subject=subjects.chef_pull(cfg.federation, cfg.id), handler=self._on_pull
         )
+        await self._service.add_endpoint(
+            name="verify", subject=subjects.chef_verify(cfg.federation, cfg.id), handler=self._on_verify
+        )
         self._kv = await kv_bucket(self._nc, subjects.chefs_bucket(cfg.federation), ttl=REGISTRY_TTL_S)
         self._maps = await FederationMaps(self._nc, cfg.federation).open()
         await self._register()
@@ -168,15 +179,17 @@ class Chef:
 
     async def _beat(self) -> None:
         beats = 0
-        while not self._stopping.is_set():
+        while not self._deregistered.is_set():
             if beats % 15 == 0:
                 with contextlib.suppress(OSError):
                     await self._measure_store()
             beats += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.config.heartbeat_s)
-            if self._stopping.is_set():
+                await asyncio.wait_for(self._deregistered.wait(), self.config.heartbeat_s)
+            if self._deregistered.is_set():
                 break
+            if self.config.store_max_bytes:
+                await self._evict()
             try:
                 await self._register()
             except Exception as exc:  # NATS briefly away: the next beat tries again
@@ -188,9 +201,21 @@ class Chef:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    async def stop(self, *, drain_s: float = 30.0) -> None:
-        """Deregister first (no new work), let running steps finish, then close everything."""
+    async def stop(self, *, drain_s: float = 30.0, hand_over_s: float = 60.0) -> None:
+        """Stop in order: take no new steps, let running ones finish (still heartbeating, so no
+        lease lapses), pass on the artefacts only we hold, give up ownership, deregister, close."""
         self._stopping.set()
+        if self._service:
+            with contextlib.suppress(Exception):
+                await self._service.stop()
+        if self._running:
+            await asyncio.wait(list(self._running.values()), timeout=drain_s)
+        if self.config.hand_over and self._maps and self._nc and not self._nc.is_closed:
+            try:
+                await asyncio.wait_for(self._hand_over(), hand_over_s)
+            except Exception as exc:  # best effort: producers rerun for whatever is lost
+                log.warning("chef %s: hand-over incomplete: %s", self.config.id, exc)
+        self._deregistered.set()
         if self._heartbeat:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -200,11 +225,6 @@ class Chef:
                 await self._kv.delete(self.config.id)
         with contextlib.suppress(Exception):
             await self._publish("chef.left")
-        if self._service:
-            with contextlib.suppress(Exception):
-                await self._service.stop()
-        if self._running:
-            await asyncio.wait(list(self._running.values()), timeout=drain_s)
         if self._nc:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
@@ -267,6 +287,80 @@ class Chef:
 
         self._track("pull", work())
 
+    async def _evict(self) -> None:
+        """Above the high-water mark, drop least recently used entries no task dir links, down to
+        80% of it; ownership is released first, so nobody is sent to us for bytes we dropped."""
+        high = self.config.store_max_bytes
+        victims = await asyncio.to_thread(self.store.eviction_candidates, high, int(high * 0.8))
+        for digest, _size in victims:
+            if self._maps:
+                try:
+                    await self._maps.remove_owner(digest, self.config.id)
+                except Exception:
+                    continue  # could not release it: keep the bytes, try again next time
+            await asyncio.to_thread(self.store.delete, digest)
+        if victims:
+            log.info("chef %s: evicted %d entries", self.config.id, len(victims))
+            await self._publish("artefacts.evicted", detail={"count": len(victims)})
+
+    async def _hand_over(self) -> None:
+        """Every artefact only we own goes to a peer chef (it pulls from us), then we stop owning
+        anything: a stopped chef serves nothing."""
+        assert self._maps and self._kv and self._nc and self._info
+        held = await asyncio.to_thread(_stored_digests, self.store)
+        peers = [c for c in await _registered_chefs(self._kv) if c.id != self.config.id]
+        live = {c.id for c in peers}  # a MajorDomo's pod serves only while its build runs: not counted
+        sole: list[tuple[str, int]] = []
+        for digest, size in held:
+            found = await self._maps.owners(digest)
+            if found is None or not (set(found.owners) & live):
+                sole.append((digest, size))
+        if sole and peers:
+            me = Pod(id=self.config.id, sftp=self._info.sftp)
+            for n, peer in enumerate(peers):  # each peer takes a share
+                share = sole[n::len(peers)]
+                if not share:
+                    continue
+                ask = PullRequest(inputs=[InputRef(path=d, digest=d, size=s, owners=[me.id]) for d, s in share],
+                                  pods=[me])
+                reply = await self._nc.request(subjects.chef_pull(self.config.federation, peer.id), encode(ask),
+                                               timeout=55)
+                done = decoder(PullResult).decode(reply.data)
+                log.info("chef %s: handed %d artefacts to %s", self.config.id, len(done.held), peer.id)
+        elif sole:
+            log.warning("chef %s: no peer to take %d artefacts only it holds", self.config.id, len(sole))
+        for digest, _size in held:
+            with contextlib.suppress(Exception):
+                await self._maps.remove_owner(digest, self.config.id)
+
+    async def _on_verify(self, request: Request) -> None:
+        try:
+            asked = decoder(VerifyRequest).decode(request.data)
+        except msgspec.DecodeError as exc:
+            await request.respond_error("400", f"bad verify request: {exc}")
+            return
+
+        async def work() -> None:
+            dropped = await self._verify(asked.digests)
+            await request.respond(encode(VerifyResult(chef_id=self.config.id, dropped=dropped)))
+
+        self._track("verify", work())
+
+    async def _verify(self, digests: list[str]) -> list[str]:
+        """Re-hash stored copies; a wrong one is quarantined and we stop owning that digest."""
+        held = [d for d in dict.fromkeys(digests) if self.store.has(d)]
+        if not held:
+            return []
+        actual = await hash_files([self.store.path_for(d) for d in held])
+        dropped = [d for d, got in zip(held, actual, strict=True) if got != d]
+        for digest in dropped:
+            await asyncio.to_thread(self.store.quarantine, digest)
+            log.warning("chef %s: stored copy of %s was corrupt; quarantined", self.config.id, digest)
+            if self._maps:
+                with contextlib.suppress(Exception):
+                    await self._maps.remove_owner(digest, self.config.id)
+        return dropped
+
     # -- cooking ----------------------------------------------------------------------------------
 
     def _result(self, step: StepRequest, code: ErrorCode, **kw: object) -> StepResult:
@@ -292,13 +386,17 @@ class Chef:
             digest, reason = next(iter(failed.items()))
             path = next(i.path for i in step.inputs if i.digest == digest)
             return self._result(step, ErrorCode.INPUT_UNAVAILABLE, message=f"cannot get input {path}: {reason}",
-                                duration_s=time.monotonic() - started, missing=sorted(failed), **pulled)
+                                duration_s=time.monotonic() - started, missing=sorted(failed),
+                                bad_owners=self._bad_owners_of(step), **pulled)
         outcome = await self.cook.run(step)
         return self._result(
             step, outcome.code, exit_status=outcome.exit_status, outputs=outcome.outputs,
             discovered=outcome.discovered, log=outcome.log, message=outcome.message,
-            duration_s=time.monotonic() - started, **pulled,
+            duration_s=time.monotonic() - started, bad_owners=self._bad_owners_of(step), **pulled,
         )
+
+    def _bad_owners_of(self, step: StepRequest) -> dict[str, list[str]]:
+        return {i.digest: sorted(self._bad_owners[i.digest]) for i in step.inputs if i.digest in self._bad_owners}
 
     async def _pull_inputs(self, inputs: list[InputRef], pods: list[Pod]) -> dict[str, str]:
         """Pull every input the store lacks, each digest at most once however many steps want it."""
@@ -323,12 +421,25 @@ class Chef:
         await asyncio.gather(*(one(ref) for ref in wanted.values()))
         return failures
 
-    async def _pull_one(self, ref: InputRef, endpoints: dict[str, object]) -> int:
+    async def _pull_one(self, ref: InputRef, endpoints: dict[str, SftpEndpoint]) -> int:
+        """Try the owners in order; an owner serving wrong bytes is quarantined for this digest."""
         assert self._puller
-        owners = [endpoints[o] for o in ref.owners if o in endpoints and o != self.config.id]
-        if not owners:
-            raise PullError(ref.digest, [("-", "no reachable owner")])
-        await self._puller.pull_any(ref.digest, ref.size, owners)  # type: ignore[arg-type]
+        owners = [(o, endpoints[o]) for o in ref.owners if o in endpoints and o != self.config.id]
+        failures: list[tuple[SftpEndpoint, BaseException]] = []
+        for pod, endpoint in owners:
+            try:
+                await self._puller.pull(ref.digest, ref.size, endpoint)
+                break
+            except DigestMismatch as exc:
+                failures.append((endpoint, exc))
+                self._bad_owners.setdefault(ref.digest, set()).add(pod)
+                if self._maps:
+                    with contextlib.suppress(Exception):
+                        await self._maps.remove_owner(ref.digest, pod)
+            except Exception as exc:
+                failures.append((endpoint, exc))
+        else:
+            raise PullError(ref.digest, failures)
         self.counters["files_pulled"] += 1
         self.counters["bytes_pulled"] += ref.size
         if self._maps:  # we hold it now: other pods may pull it from us
@@ -348,3 +459,29 @@ class Chef:
         )
         with contextlib.suppress(Exception):
             await self._nc.publish(subjects.events(self.config.federation, kind), encode_json(event))
+
+
+def _stored_digests(store: Store) -> list[tuple[str, int]]:
+    """(digest, size) of every entry in the store."""
+    found: list[tuple[str, int]] = []
+    for dirpath, _dirs, files in os.walk(store.root / store.algo):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                found.append((f"{store.algo}:{name}", os.lstat(os.path.join(dirpath, name)).st_size))
+    return found
+
+
+async def _registered_chefs(kv: Any) -> list[ChefInfo]:
+    import nats.js.errors
+
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return []
+    chefs: list[ChefInfo] = []
+    for key in keys:
+        with contextlib.suppress(Exception):
+            entry = await kv.get(key)
+            if entry.value:
+                chefs.append(decoder(ChefInfo).decode(entry.value))
+    return chefs

@@ -490,6 +490,11 @@ class Build:
                 return False
             self.report.files_pulled += result.files_pulled
             self.report.bytes_pulled += result.bytes_pulled
+            for digest, pods in result.bad_owners.items():  # they served wrong bytes: no owners now
+                for pod in pods:
+                    await self._drop_owner(digest, pod)
+                    self._publish("artefact.quarantined", step, pod, {"digest": digest})
+                    self._ask_to_verify(fed, pod, digest)
             if result.code == ErrorCode.INPUT_UNAVAILABLE and attempt < self.options.max_attempts:
                 # The owners of those bytes could not serve them: forget them, and try again; with
                 # no owner left, the producer runs again first (_ensure_available).
@@ -537,6 +542,19 @@ class Build:
             for task in (asking, lost):
                 if not task.done():
                     task.cancel()  # a late answer from a chef whose lease expired is ignored
+
+    def _ask_to_verify(self, fed: Federation, pod: str, digest: str) -> None:
+        """Let a chef that served wrong bytes re-hash its copy and drop it if it rotted, so that
+        re-running the producer there stores good bytes again (best effort, in the background)."""
+        if not fed.nc or all(c.id != pod for c in self._chefs):
+            return
+        from protocol.messages import VerifyRequest
+
+        request = fed.nc.request(subjects.chef_verify(self.options.federation, pod),
+                                 encode(VerifyRequest(digests=[digest])), timeout=30)
+        task = asyncio.get_running_loop().create_task(_quiet(request))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     def _chef_lost(self, chef_id: str, why: str) -> None:
         """A chef without a lease gets no more steps, and owns nothing we can reach."""

@@ -53,7 +53,8 @@ class LocalChefs:
             log = open(home / "chef.log", "ab")  # noqa: ASYNC230 - only handed to the child
             argv = [sys.executable, "-m", "chefs.cli", "--nats", self.nats_url, "--id", chef_id,
                     "--home", str(home), "--key", str(self.key), "--authorized-keys", str(self.authorized),
-                    "--slots", str(slots)]
+                    "--slots", str(slots),
+                    "--no-hand-over"]  # the local chefs stop together: nobody to hand over to
             for kind in KNOWN_KINDS:
                 argv += ["--kind", kind]
             proc = await asyncio.create_subprocess_exec(

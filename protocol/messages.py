@@ -88,6 +88,7 @@ class StepResult(msgspec.Struct, frozen=True, tag="result"):
     files_pulled: int = 0
     attempt: int = 1
     missing: list[str] = []  # digests no owner could serve (code input_unavailable)
+    bad_owners: dict[str, list[str]] = {}  # digest -> pods that served wrong bytes for it
 
     @property
     def ok(self) -> bool:
@@ -122,6 +123,17 @@ class PullResult(msgspec.Struct, frozen=True, tag="pulled"):
     chef_id: str
     held: list[str]  # digests now in the chef's store
     failed: dict[str, str] = {}  # digest -> reason
+
+
+class VerifyRequest(msgspec.Struct, frozen=True, tag="verify"):
+    """Someone received wrong bytes from this chef for these digests: check its copies."""
+
+    digests: list[str]
+
+
+class VerifyResult(msgspec.Struct, frozen=True, tag="verified"):
+    chef_id: str
+    dropped: list[str] = []  # digests whose stored bytes were wrong, now quarantined
 
 
 class Ownership(msgspec.Struct, frozen=True):

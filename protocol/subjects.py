@@ -29,6 +29,11 @@ def chef_pull(federation: str, chef_id: str) -> str:
     return f"{federation}.chef.{chef_id}.pull"
 
 
+def chef_verify(federation: str, chef_id: str) -> str:
+    """Request/reply: re-hash these digests in the chef's store and drop the copies that are wrong."""
+    return f"{federation}.chef.{chef_id}.verify"
+
+
 def events(federation: str, kind: str = ">") -> str:
     """Published events (JSON): `<fed>.events.<kind>`; subscribe with the default for all of them."""
     return f"{federation}.events.{kind}"
