@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import shutil
 import sys
@@ -153,15 +152,6 @@ class EmbeddedNats:
             with contextlib.suppress(Exception):
                 await self._log_task
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history: int = 1):  # type: ignore[no-untyped-def]

@@ -17,6 +17,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The recipe many tests build: a pattern rule per source, and a glob joining what it made.
+UPPER_JOIN = """
+[[rule]]
+name = "upper"
+inputs = ["src/%.txt"]
+outputs = ["build/%.up"]
+command = "tr a-z A-Z < $< > $@"
+
+[[step]]
+name = "join"
+inputs = ["build/*.up"]
+outputs = ["build/all.txt"]
+command = "cat $^ > $@"
+"""
+
 
 @dataclass
 class Run:

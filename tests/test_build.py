@@ -6,21 +6,9 @@ import os
 import socket
 from pathlib import Path
 
-from conftest import majordomo, write_project
+from conftest import UPPER_JOIN, majordomo, write_project
 
-CHAIN = """
-[[rule]]
-name = "upper"
-inputs = ["src/%.txt"]
-outputs = ["build/%.up"]
-command = "tr a-z A-Z < $< > $@"
-
-[[step]]
-name = "join"
-inputs = ["build/*.up"]
-outputs = ["build/all.txt"]
-command = "cat $^ > $@"
-"""
+CHAIN = UPPER_JOIN
 SOURCES = {"src/a.txt": "alpha\n", "src/b.txt": "beta\n", "src/c.txt": "gamma\n", "src/d.txt": "delta\n"}
 
 

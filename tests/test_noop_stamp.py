@@ -5,21 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conftest import majordomo, write_project
+from conftest import UPPER_JOIN, majordomo, write_project
 
-RECIPE = """
-[[rule]]
-name = "upper"
-inputs = ["src/%.txt"]
-outputs = ["build/%.up"]
-command = "tr a-z A-Z < $< > $@"
-
-[[step]]
-name = "join"
-inputs = ["build/*.up"]
-outputs = ["build/all.txt"]
-command = "cat $^ > $@"
-"""
+RECIPE = UPPER_JOIN
 FAST = "nothing changed"
 
 
