@@ -283,7 +283,8 @@ def _watch(args: argparse.Namespace) -> int:
         return loaded
 
     try:
-        asyncio.run(watch(root, load, options, sys.stdout, reporter.summary, on_step=reporter.step))
+        asyncio.run(watch(root, load, options, sys.stdout, reporter.summary, on_step=reporter.step,
+                          on_event=reporter.event))
     except KeyboardInterrupt:
         print("majordomo: watch stopped", file=sys.stderr)
     return EXIT_OK

@@ -63,6 +63,7 @@ async def watch(
     on_report: Callable[[BuildReport], None],
     on_step: Callable[..., None] | None = None,
     stop: asyncio.Event | None = None,
+    on_event: Callable[..., None] | None = None,
 ) -> None:
     """Run until `stop` is set or the task is cancelled (Ctrl-C); always stops the federation."""
     import watchfiles
@@ -88,7 +89,7 @@ async def watch(
         while not stop.is_set():
             # Already waiting while the build runs, so nothing saved meanwhile is missed.
             waiting = asyncio.ensure_future(anext(changes_stream, None))
-            report = await _one_build(load, bopts, state, fed, out, on_step, output_filter)
+            report = await _one_build(load, bopts, state, fed, out, on_step, output_filter, on_event)
             if report is not None:
                 on_report(report)
             print("watching for changes (Ctrl-C stops)", file=out, flush=True)
@@ -110,7 +111,8 @@ async def watch(
 
 async def _one_build(load: Callable[[], Project], options: BuildOptions, state: State, fed: Federation,
                      out: TextIO, on_step: Callable[..., None] | None,
-                     output_filter: OutputFilter) -> BuildReport | None:
+                     output_filter: OutputFilter,
+                     on_event: Callable[..., None] | None = None) -> BuildReport | None:
     from majordomo.recipes import RecipeError
 
     try:
@@ -120,7 +122,7 @@ async def _one_build(load: Callable[[], Project], options: BuildOptions, state: 
         return None
     produced = await state.run(state.load_produced)
     output_filter.refresh([*produced, *(o for step in project.steps for o in step.outputs)])
-    build = Build(project, state, options, on_step=on_step, shared=fed)
+    build = Build(project, state, options, on_step=on_step, shared=fed, on_event=on_event)
     fed.pod_id = build.pod_id
     try:
         return await build.run()
