@@ -1,0 +1,68 @@
+"""Isolation: a step sees only its declared inputs (read-only), its outputs, the system's tools,
+and no network. Real bwrap (installed by deploy/setup-debian.sh)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import majordomo, write_project
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed")
+
+
+def _one_step(tmp_path: Path, command: str) -> tuple[Path, object]:
+    recipe = f"""
+[[step]]
+name = "probe"
+inputs = ["in.txt"]
+outputs = ["out/probe.txt"]
+command = '''{command}'''
+
+[[step]]
+name = "reader"
+inputs = ["in.txt"]
+outputs = ["out/reader.txt"]
+command = "cp $< $@"
+"""
+    project = write_project(tmp_path / "p", recipe, {"in.txt": "original\n", "secret.txt": "top secret\n"})
+    return project, majordomo(project, "build", "--json")
+
+
+def test_undeclared_project_file_cannot_be_read(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    # By relative path (not in the task dir) and by the project's absolute path (not mounted).
+    command = f"cat secret.txt > $@ || cat {project}/secret.txt > $@"
+    project, run = _one_step(tmp_path, command)
+    assert run.code == 1
+    assert "No such file or directory" in run.stderr
+    assert not (project / "out/probe.txt").exists()
+
+
+def test_input_cannot_be_modified(tmp_path: Path) -> None:
+    project, run = _one_step(tmp_path, "(chmod u+w in.txt || true) && echo tampered >> in.txt && cp in.txt $@")
+    assert run.code == 1  # even after a chmod attempt the write fails: the input is a read-only bind
+    assert "Read-only file system" in run.stderr or "Permission denied" in run.stderr
+    # Whatever the probe tried, every other step (and the store) still sees the original bytes.
+    assert (project / "out/reader.txt").read_text() == "original\n"
+    assert (project / "in.txt").read_text() == "original\n"
+
+
+def test_no_network(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        command = (f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 2)' "
+                   "&& echo connected > $@")
+        project, run = _one_step(tmp_path, command)
+    assert run.code == 1
+    assert "ConnectionRefusedError" in run.stderr  # its own empty loopback, not the host's
+    assert not (project / "out/probe.txt").exists()
+
+
+def test_home_and_other_chefs_are_invisible(tmp_path: Path) -> None:
+    project, run = _one_step(tmp_path, f"ls {Path.home()} > $@ 2>&1 && ls {tmp_path} >> $@")
+    assert run.code == 1 and not (project / "out/probe.txt").exists()
