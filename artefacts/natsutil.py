@@ -182,3 +182,20 @@ def local_address_towards(url: str) -> str | None:
             return probe.getsockname()[0]
     except OSError:
         return None
+
+
+async def kv_keys(nc: NATS, bucket: str) -> list[str]:
+    """The keys a KV bucket holds now, from the stream's per-subject counts.
+
+    nats-py's `KeyValue.keys()` makes a watcher consumer per call that lingers for minutes (a
+    server allows 1,000), and can report "no keys" before the delivered ones are processed; a
+    stream-info request creates nothing and answers in one round trip."""
+    js = nc.jetstream()
+    stream = f"KV_{bucket}"
+    prefix = f"$KV.{bucket}."
+    try:
+        info = await js.stream_info(stream, subjects_filter=f"{prefix}>")
+    except nats.js.errors.NotFoundError:
+        return []
+    subjects = (info.state.subjects or {}) if info.state else {}
+    return [subject[len(prefix):] for subject, count in subjects.items() if count]

@@ -20,7 +20,7 @@ from nats.micro.request import Request
 
 from artefacts.hashing import hash_files
 from artefacts.keys import load_or_create_key, public_key_line
-from artefacts.natsutil import connect, kv_bucket
+from artefacts.natsutil import connect, kv_bucket, kv_keys
 from artefacts.ownership import FederationMaps
 from artefacts.sftp_client import DigestMismatch, Puller, PullError
 from artefacts.sftp_server import ArtefactServer, store_resolver
@@ -308,7 +308,8 @@ class Chef:
         anything: a stopped chef serves nothing."""
         assert self._maps and self._kv and self._nc and self._info
         held = await asyncio.to_thread(_stored_digests, self.store)
-        peers = [c for c in await _registered_chefs(self._kv) if c.id != self.config.id]
+        peers = [c for c in await _registered_chefs(self._nc, self.config.federation, self._kv)
+                 if c.id != self.config.id]
         live = {c.id for c in peers}  # a MajorDomo's pod serves only while its build runs: not counted
         sole: list[tuple[str, int]] = []
         for digest, size in held:
@@ -471,15 +472,9 @@ def _stored_digests(store: Store) -> list[tuple[str, int]]:
     return found
 
 
-async def _registered_chefs(kv: Any) -> list[ChefInfo]:
-    import nats.js.errors
-
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
+async def _registered_chefs(nc: NATS, federation: str, kv: Any) -> list[ChefInfo]:
     chefs: list[ChefInfo] = []
-    for key in keys:
+    for key in await kv_keys(nc, subjects.chefs_bucket(federation)):
         with contextlib.suppress(Exception):
             entry = await kv.get(key)
             if entry.value:

@@ -17,7 +17,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from artefacts.keys import load_or_create_key, public_key_line
-from artefacts.natsutil import EmbeddedNats, connect, kv_bucket, local_address_towards
+from artefacts.natsutil import EmbeddedNats, connect, kv_bucket, kv_keys, local_address_towards
 from artefacts.sftp_client import Puller
 from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
@@ -162,14 +162,11 @@ class Federation:
 
     async def chefs(self) -> list[ChefInfo]:
         """The chefs registered now (their registry entries expire when heartbeats stop)."""
-        assert self._chefs_kv
-        try:
-            keys = await self._chefs_kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
+        assert self._chefs_kv and self.nc
         found: list[ChefInfo] = []
-        for key in keys:
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError, msgspec.DecodeError):
+        for key in await kv_keys(self.nc, subjects.chefs_bucket(self.federation)):
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError,
+                                     msgspec.DecodeError):
                 entry = await self._chefs_kv.get(key)
                 if entry.value:
                     found.append(_decode_chef.decode(entry.value))
