@@ -1,14 +1,15 @@
 """The 2,000-step tiny-step build with the web dashboard open vs without it (issue 6): within 5%.
 
-    python -m bench.events [--steps 2000] [--rounds 4] [--keep DIR]
+    python -m bench.events [--steps 2000] [--rounds 4] [--keep DIR] [--profile]
 
 An external federation, started as tests/conftest.py does: a real nats-server with JetStream
 (EmbeddedNats, on its own event-loop thread) and two real chef processes (`python -m chefs.cli`,
 kinds shell and cc, 2 slots each, one federation key). The project is bench.federation's graph
 (N `cp` steps, N/100 `cat`, one final `cat`); every command ends in `# $SALT`, and each build
 passes a new `--var SALT=...`, so every build runs all its steps (the federation's action cache
-outlives builds). Each build is clean (`build/` and `.majordomo/` removed) and runs
-`majordomo build -q --nats URL` with MAJORDOMO_KEY.
+outlives builds); every source gets new bytes before each build too, so the chefs pull all of them
+again, as in bench.federation's clean builds. Each build is clean (`build/` and `.majordomo/`
+removed) and runs `majordomo build -q --nats URL` with MAJORDOMO_KEY.
 
 Rounds interleave the two arms, ABBA (so drift hits both alike):
 - with: `majordomo dashboard --nats URL --port 0` is started before the build, and an HTTP client
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pstats
 import re
 import shutil
 import signal
@@ -44,8 +46,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.federation import Sample, generate, run_majordomo, total_steps
-from bench.incremental import REPO, BenchError, _majordomo_env, _wipe, _writable
+from bench.incremental import OLD_MTIME_S, REPO, BenchError, _majordomo_env, _wipe, _writable
 
+OUT_DIR = Path(__file__).resolve().parent / "out"
 TARGET = 1.05
 START_TIMEOUT_S = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -114,12 +117,15 @@ class Federation:
     chefs: list[subprocess.Popen[str]] = field(default_factory=list)
 
 
-def start_chef(url: str, home: Path, chef_id: str, key: Path, logs: Path) -> subprocess.Popen[str]:
-    with open(logs / f"{chef_id}.log", "wb") as log:
+def start_chef(url: str, home: Path, chef_id: str, key: Path, logs: Path,
+               profile: Path | None = None) -> subprocess.Popen[str]:
+    """A chef as tests/conftest.py starts one (no hand-over on SIGTERM: the federation is thrown away)."""
+    python = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
+    with open(logs / f"{chef_id}.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "chefs.cli", "--nats", url, "--id", chef_id, "--home", str(home),
+            [*python, "-m", "chefs.cli", "--nats", url, "--id", chef_id, "--home", str(home),
              "--key", str(key), "--authorized-keys", str(key) + ".pub", "--kind", "shell", "--kind", "cc",
-             "--slots", str(os.cpu_count() or 1)],
+             "--slots", str(os.cpu_count() or 1), "--no-hand-over"],
             stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO, start_new_session=True)
     try:
         line = _first_line(proc, f"chef {chef_id}", START_TIMEOUT_S)
@@ -219,9 +225,19 @@ class Arm:
     notes: list[str] = field(default_factory=list)
 
 
+def new_sources(md: Path, salt: str) -> None:
+    """New bytes in every source, so the chefs pull all of them again, as in bench.federation's clean builds."""
+    for i, path in enumerate(sorted((md / "src").iterdir())):
+        path.write_text(f"{i} {salt}\n")
+        os.utime(path, (OLD_MTIME_S, OLD_MTIME_S))
+
+
 def one_build(fed: Federation, md: Path, env: dict[str, str], salt: str, base: Path, steps: int,
               logs: Path, with_dashboard: bool) -> tuple[Sample, str]:
+    """One clean build; `sample.cpu_all` becomes the CPU of every federation process it used (the
+    MajorDomo, nats-server, chefs and their commands, the dashboard if open)."""
     _wipe(md)
+    new_sources(md, salt)
     dash = Dashboard.start(fed.url, env, logs) if with_dashboard else None
     try:
         chefs = [c.pid for c in fed.chefs]
@@ -235,11 +251,13 @@ def one_build(fed: Federation, md: Path, env: dict[str, str], salt: str, base: P
         sample, out = run_majordomo(md, env, ["-q", "--nats", fed.url, "--var", f"SALT={salt}"], base)
         nats_cpu, chefs_cpu, commands_cpu = (a - b for a, b in zip(cpu(), before, strict=True))
         note = f"cpu: nats {nats_cpu:.2f} s, chefs {chefs_cpu:.2f} s, their commands {commands_cpu:.2f} s"
+        sample.cpu_all = (sample.cpu_md or 0.0) + nats_cpu + chefs_cpu + commands_cpu
         if sample.ran != steps:
             raise BenchError(f"the build ran {sample.ran} steps, expected {steps}:\n{out[-2000:]}")
         if dash:
             time.sleep(0.5)  # the last patches (the dashboard flushes every 0.1 s)
             dash_cpu = proc_cpu(dash.proc.pid) - dash_before
+            sample.cpu_all += dash_cpu
             seen = dash.newest_build()
             counts = seen.get("counts", {})
             note += (f"; dashboard cpu {dash_cpu:.2f} s, SSE {dash.reader.bytes / 1e6:.2f} MB in"
@@ -271,10 +289,15 @@ def report(steps: int, arms: list[Arm]) -> bool:
             cpu = fn([s.cpu_md or 0 for s in arm.samples])
             print(f"{stat:<9} {arm.label:<28} {wall:>8.2f} {wall / base:>9.3f}x"
                   f" {f'<={target:g}x' if target else '-':>8}  {verdict:<6} {wall / steps * 1e3:>8.2f} {cpu:>15.2f}")
+    med_without = statistics.median([s.cpu_all for s in without.samples])
+    med_with = statistics.median([s.cpu_all for s in with_.samples])
+    print(f"\nCPU of every process of the build (MajorDomo, nats-server, chefs and their commands, dashboard),"
+          f" median: without {med_without:.2f} s, with {med_with:.2f} s = {med_with / med_without:.3f}x"
+          f" (what the wall ratio would be on a machine the build keeps busy)")
     return ok
 
 
-def run(base: Path, n: int, rounds: int) -> bool:
+def run(base: Path, n: int, rounds: int, profile: bool) -> bool:
     from artefacts.keys import load_or_create_key
     from artefacts.natsutil import EmbeddedNats
 
@@ -312,12 +335,55 @@ def run(base: Path, n: int, rounds: int) -> bool:
                 arms[which].samples.append(sample)
                 arms[which].notes.append(note)
                 print(f"  round {r + 1} {arms[which].label}: {sample.wall:.2f} s")
+        ok = report(steps, arms)
+        if profile:
+            print("\nprofile: chef-a restarted under cProfile, one more build without the dashboard")
+            stop_procs(fed.chefs[:1])
+            OUT_DIR.mkdir(exist_ok=True)
+            prof = OUT_DIR / "events-chef.prof"
+            prof.unlink(missing_ok=True)
+            fed.chefs[0] = start_chef(url, base / "chefs" / "chef-a", "chef-a", key, logs, profile=prof)
+            sample, note = one_build(fed, md, env, "profile", base, steps, logs, with_dashboard=False)
+            print(f"  profiled build: wall {sample.wall:.2f} s, MajorDomo cpu {sample.cpu_md or 0:.2f} s; {note}")
+            stop_procs(fed.chefs[:1])
+            print_profile(prof, "chef-a")
     finally:
         if fed:
             stop_procs(fed.chefs)
         loop.call(server.stop())
         loop.close()
-    return report(steps, arms)
+    return ok
+
+
+def print_profile(prof: Path, who: str) -> None:
+    """Own time by package or file (main thread only; the event loop's idle select/poll left out)."""
+    if not prof.exists():
+        print(f"  ({who} wrote no profile)")
+        return
+    stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
+    groups: dict[str, float] = {}
+    for (file, _line, func), (_cc, _nc, tt, _ct, _callers) in stats.items():
+        if file == "~":
+            if "poll" in func or "select" in func:
+                continue
+            group = "builtins: " + func.split(" of ")[0].strip("<>{}")
+        elif "site-packages/" in file:
+            group = file.split("site-packages/")[1].split("/")[0]
+        elif file.startswith(str(REPO)):
+            group = os.path.relpath(file, REPO)
+        else:
+            parent = Path(file).parent.name
+            group = "stdlib: " + (parent if parent in ("asyncio", "concurrent", "email", "json") else Path(file).name)
+        groups[group] = groups.get(group, 0.0) + tt
+    busy = sum(groups.values())
+    print(f"  {who}: {busy:.2f} s profiled outside select/poll (cProfile inflates); raw file {prof}")
+    for group, tt in sorted(groups.items(), key=lambda kv: kv[1], reverse=True)[:15]:
+        print(f"  {tt:>8.3f} {tt / busy:>6.1%}  {group}")
+    cum = sorted(((ct, nc, f"{os.path.relpath(f, REPO)}:{ln}({fn})") for (f, ln, fn), (_c, nc, _t, ct, _x)
+                  in stats.items() if f.startswith(str(REPO))), reverse=True)
+    print(f"  {'cumtime':>8} {'calls':>7}  this project's functions by cumulative time (coroutines: per resumption)")
+    for ct, nc, label in cum[:20]:
+        print(f"  {ct:>8.3f} {nc:>7}  {label}")
 
 
 def main() -> None:
@@ -325,6 +391,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="number of sources (cp steps); default 2,000")
     parser.add_argument("--rounds", type=int, default=4, help="rounds; each builds once with and once without")
     parser.add_argument("--keep", type=Path, default=None, help="build in this (new) directory and keep it")
+    parser.add_argument("--profile", action="store_true",
+                        help="afterwards, profile one chef (cProfile) through one more build")
     args = parser.parse_args()
     if args.steps < 2 or args.rounds < 1:
         parser.error("--steps must be >= 2 and --rounds >= 1")
@@ -332,7 +400,7 @@ def main() -> None:
         args.keep.mkdir(parents=True)
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench-events-"))
     try:
-        ok = run(base.resolve(), args.steps, args.rounds)
+        ok = run(base.resolve(), args.steps, args.rounds, args.profile)
     except (BenchError, subprocess.SubprocessError) as exc:
         raise SystemExit(f"bench.events: {exc}") from None
     finally:

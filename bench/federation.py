@@ -183,7 +183,24 @@ def profile_build(project: Path, env: dict[str, str], scratch: Path) -> None:
                if not (file == "~" and ("poll" in func or "select" in func)))
     print(f"  profiled clean build: {wall:.2f} s wall; {busy:.2f} s of profiled time outside the event loop's"
           f" select/poll; text in {os.path.relpath(OUT_DIR)}/federation-cprofile.txt")
-    print(f"  {'tottime':>8} {'share':>6} {'calls':>8}  function (top 25 by own time, select/poll left out)")
+    groups: dict[str, float] = {}
+    for (file, _l, func), (_cc, _nc, tt, _ct, _c) in stats.items():
+        if file == "~":
+            if "poll" in func or "select" in func:
+                continue
+            group = "builtins: " + func.split(" of ")[0].strip("<>{}")
+        elif "site-packages/" in file:
+            group = file.split("site-packages/")[1].split("/")[0]
+        elif file.startswith(str(REPO)):
+            group = os.path.relpath(file, REPO)
+        else:
+            parent = Path(file).parent.name
+            group = "stdlib: " + (parent if parent in ("asyncio", "concurrent", "email", "json") else Path(file).name)
+        groups[group] = groups.get(group, 0.0) + tt
+    print(f"  {'own s':>8} {'share':>6}  by package or file (main thread only; select/poll left out)")
+    for group, tt in sorted(groups.items(), key=lambda kv: kv[1], reverse=True)[:15]:
+        print(f"  {tt:>8.3f} {tt / busy:>6.1%}  {group}")
+    print(f"\n  {'tottime':>8} {'share':>6} {'calls':>8}  function (top 25 by own time, select/poll left out)")
     ranked = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)
     shown = 0
     for (file, line, func), (_cc, nc, tt, _ct, _c) in ranked:

@@ -18,15 +18,15 @@ and left running (embedded federation, this checkout's code, a fresh user config
 Round 0 starts the embedded federation (the first step to run does) and is reported apart.
 
 Target (issue 3): save-to-output < ninja's no-op + the step's own run time; compared median with
-median and best with best. `--profile` runs a second watch under cProfile for a few rounds and
-prints where its time goes (raw file in bench/out/watch.prof).
+median and best with best. `--profile` then rebuilds the same project in this process, as the
+watch does (recipes loaded, one Build on a shared Federation), with wall-clock wrappers on the
+engine's phases (found by name), and prints where a rebuild's time goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pstats
 import queue
 import shutil
 import signal
@@ -42,7 +42,6 @@ from pathlib import Path
 
 from bench.incremental import OLD_MTIME_S, REPO, BenchError, _majordomo_env, _ninja_binary, _writable
 
-OUT_DIR = Path(__file__).resolve().parent / "out"
 READY_TIMEOUT_S = 180.0  # watch start-up: load, scan, first (no-op) build
 ROUND_TIMEOUT_S = 30.0  # save to rebuilt output, worst case (round 0 starts the federation)
 POLL_S = 0.0002
@@ -242,40 +241,103 @@ def report(rounds: Sequence[Round], warm: Round) -> bool:
     return ok
 
 
-def profile_watch(argv: list[str], md: Path, nj: Path, names: Sequence[str], ninja_bin: str, env: dict[str, str],
-                  rounds: int) -> None:
-    OUT_DIR.mkdir(exist_ok=True)
-    prof = OUT_DIR / "watch.prof"
-    prof.unlink(missing_ok=True)
-    watch = Watch([sys.executable, "-m", "cProfile", "-o", str(prof), *argv[1:]], REPO, env)
-    try:
-        watch.until("watching for changes", READY_TIMEOUT_S)
-        for r in range(rounds + 1):  # round 0 starts the federation
-            got = one_round(1000 + r, watch, md, nj, names, ninja_bin)
-            print(f"  profiled round {r}: save->output {got.save_to_output * 1e3:.1f} ms")
-    finally:
-        watch.stop()
-    if not prof.exists():
-        print("  (the profiled watch wrote no profile)")
-        return
-    stats = pstats.Stats(str(prof))
-    with open(OUT_DIR / "watch-cprofile.txt", "w") as text:
-        pstats.Stats(str(prof), stream=text).sort_stats("cumulative").print_stats(80)
-        pstats.Stats(str(prof), stream=text).sort_stats("tottime").print_stats(40)
-    raw = stats.stats  # type: ignore[attr-defined]
-    print(f"  cProfile of the whole watch session ({rounds + 1} rebuilds, idle waits included);"
-          f" full text in {os.path.relpath(OUT_DIR)}/watch-cprofile.txt")
-    print(f"  {'cumtime':>8} {'calls':>7} {'per call ms':>11}  function")
-    wanted = ("_one_build", "run", "_execute", "_scan_sources", "scan", "load", "load_project", "_federation",
-              "_dispatch", "_run_remote", "_fetch", "_fetch_outputs", "_commit", "commit_result", "hash_files",
-              "awatch", "stamp_inputs", "_settle", "_place", "_publish", "request")
-    rows = []
-    for (file, line, func), (_cc, nc, _tt, ct, _callers) in raw.items():
-        if func in wanted and (str(REPO) in file or "watchfiles" in file or "nats" in file):
-            rows.append((ct, nc, f"{os.path.relpath(file, REPO) if file.startswith(str(REPO)) else Path(file).name}"
-                                 f":{line}({func})"))
-    for ct, nc, label in sorted(rows, reverse=True)[:25]:
-        print(f"  {ct:>8.3f} {nc:>7} {ct / nc * 1e3:>11.2f}  {label}")
+# (class, method) pairs timed by `--phases`; looked up by name, as code moves, and left out when absent.
+_PHASES = (
+    ("Build", "prepare"), ("Build", "_scan_sources"), ("Build", "_remove_stale_outputs"), ("Build", "_execute"),
+    ("Build", "_try_cached"), ("Build", "_run_step"), ("Build", "_federation"), ("Build", "_ensure_available"),
+    ("Build", "_place"), ("Build", "_dispatch"), ("Build", "_accept_result"), ("Build", "_materialize"),
+    ("Puller", "fetch_to"), ("State", "record_result"), ("State", "record_produced"), ("State", "record_build"),
+)
+
+
+def _wrap(cls: type, name: str, records: list[tuple[str, float, float]]) -> bool:
+    import functools
+    import inspect
+
+    fn = getattr(cls, name, None)
+    if fn is None:
+        return False
+    label = f"{cls.__name__}.{name}"
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def timed_async(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                records.append((label, start, time.perf_counter()))
+        setattr(cls, name, timed_async)
+    else:
+        @functools.wraps(fn)
+        def timed(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                records.append((label, start, time.perf_counter()))
+        setattr(cls, name, timed)
+    return True
+
+
+def phases(md: Path, names: Sequence[str], rounds: int) -> None:
+    """What `watch` does per change, in this process: load the recipes, then one Build on a shared
+    Federation (as majordomo/watch.py does), with wall-clock wrappers on the engine's phases.
+    Prints, per phase, the median start offset and duration over `rounds` changes (round 0, which
+    starts the federation, left out). Wrappers nest: a phase's time includes the phases within it."""
+    import asyncio
+
+    from artefacts import sftp_client
+    from majordomo.cli import _source_lister
+    from majordomo.engine import Build, BuildOptions
+    from majordomo.federation import Federation
+    from majordomo.recipes import load_project
+    from majordomo.state import State
+
+    records: list[tuple[str, float, float]] = []
+    classes = {"Build": Build, "State": State, "Puller": getattr(sftp_client, "Puller", None)}
+    missing = [f"{c}.{m}" for c, m in _PHASES if classes.get(c) is None or not _wrap(classes[c], m, records)]
+    per_round: list[dict[str, tuple[float, float]]] = []
+
+    async def session() -> None:
+        state = State(md)
+        fed = Federation(md, "", None)
+        lister = _source_lister(md)
+        try:
+            for r in range(rounds + 1):
+                name = names[(r * 53 + 7) % len(names)]
+                payload = f"phases {r} {time.time_ns()}\n".encode()
+                (md / "src" / f"{name}.txt").write_bytes(payload)
+                records.clear()
+                t0 = time.perf_counter()
+                project = load_project(md, recipe_file="majordomo.toml", overrides={}, list_files=lister)
+                records.append(("load_project (recipes)", t0, time.perf_counter()))
+                build = Build(project, state, BuildOptions(), shared=fed)
+                fed.pod_id = build.pod_id
+                report = await build.run()
+                records.append(("whole rebuild", t0, time.perf_counter()))
+                if report.steps_run != 1 or (md / "build" / f"{name}.out").read_bytes() != payload:
+                    raise BenchError(f"phases round {r}: ran {report.steps_run}, output not the new bytes")
+                if r:
+                    seen: dict[str, tuple[float, float]] = {}
+                    for label, a, b in records:  # first start, summed time
+                        first, total = seen.get(label, (a - t0, 0.0))
+                        seen[label] = (min(first, a - t0), total + b - a)
+                    per_round.append(seen)
+        finally:
+            await fed.stop()
+            state.close()
+
+    asyncio.run(session())
+    labels = sorted({k for r in per_round for k in r}, key=lambda k: statistics.median(
+        r[k][0] for r in per_round if k in r))
+    print(f"  {'phase (nested; sums over calls)':<34} {'starts at ms':>12} {'takes ms':>9}"
+          f"   median of {rounds} rebuilds")
+    for label in labels:
+        got = [r[label] for r in per_round if label in r]
+        print(f"  {label:<34} {statistics.median(x[0] for x in got) * 1e3:>12.2f}"
+              f" {statistics.median(x[1] for x in got) * 1e3:>9.2f}")
+    if missing:
+        print(f"  (not found, so not timed: {', '.join(missing)})")
 
 
 def run(base: Path, n: int, n_rounds: int, profile: bool) -> bool:
@@ -305,9 +367,11 @@ def run(base: Path, n: int, n_rounds: int, profile: bool) -> bool:
     print(f"watch stopped by SIGINT: exit {code}; stray processes left: {len(strays)}")
     ok = report(rounds, warm)
     if profile:
-        print("\nprofile (a second watch under cProfile, same project):")
+        print("\nwhere a rebuild's time goes (the same project, rebuilt in this process as watch does):")
+        os.environ["XDG_CONFIG_HOME"] = env["XDG_CONFIG_HOME"]
+        os.environ.pop("MAJORDOMO_NATS", None)
         try:
-            profile_watch(argv, md, nj, names, ninja_bin, env, min(n_rounds, 8))
+            phases(md, names, min(n_rounds, 10))
         finally:
             _reap_strays(md)
     return ok
@@ -318,7 +382,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="number of sources (pattern steps); default 200")
     parser.add_argument("--rounds", type=int, default=12, help="measured rounds (after the warm-up round)")
     parser.add_argument("--keep", type=Path, default=None, help="build in this (new) directory and keep it")
-    parser.add_argument("--profile", action="store_true", help="also profile a watch session with cProfile")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time a rebuild's phases in-process (the engine's steps, wrapped by name)")
     args = parser.parse_args()
     if args.steps < 1 or args.rounds < 1:
         parser.error("--steps and --rounds must be >= 1")
