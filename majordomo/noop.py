@@ -20,8 +20,10 @@ import marshal
 import os
 import shutil
 import time
+from array import array
 
-STAMP_FORMAT = 3
+STAMP_FORMAT = 4
+_FIELDS = 5  # per file in the packed stat array
 MAX_TOUCHED = 64  # more files with new stats than this: let the full path decide
 # File times come from the kernel's coarse clock (one tick, at most ~10 ms, behind the fine one):
 # an entry stat'ed less than a tick after its last change could change again unseen.
@@ -92,7 +94,33 @@ def write_stamp(root: str, args_key: str, recipe_file: str, files: list[tuple[st
         found = shutil.which(tool)
         real = os.path.realpath(found) if found else ""
         tool_stats.append((tool, real, _stat(real) if real else None))
-    _dump(root, (STAMP_FORMAT, args_key, recipe_file, recipe, entries, dirs, tool_stats, steps))
+    paths, stats_blob = _pack([(p, st) for p, st, _ in entries])
+    digests = "\0".join(digest for _, _, digest in entries)
+    dir_paths, dir_blob = _pack(dirs)
+    _dump(root, (STAMP_FORMAT, args_key, recipe_file, recipe, paths, stats_blob, digests, dir_paths, dir_blob,
+                 tool_stats, steps))
+
+
+def _pack(items: list[tuple[str, _Stat | None]]) -> tuple[str, bytes]:
+    """Columns, not a tuple per file: one string of paths, one array of stats. marshal loads
+    10,000 nested tuples in ~40 ms, these two objects in ~1 ms (the no-op budget is ~100 ms)."""
+    stats = array("q")
+    for _, st in items:
+        stats.extend(st if st is not None else (-1,) * _FIELDS)
+    return "\0".join(p for p, _ in items), stats.tobytes()
+
+
+def _unpack(paths: str, blob: bytes) -> tuple[list[str], array[int]]:
+    stats = array("q")
+    stats.frombytes(blob)
+    return (paths.split("\0") if paths else []), stats
+
+
+def _stat_at(stats: array[int], index: int) -> _Stat | None:
+    base = index * _FIELDS
+    if stats[base] == -1:
+        return None
+    return tuple(stats[base:base + _FIELDS])  # type: ignore[return-value]
 
 
 def remove_stamp(root: str) -> None:
@@ -107,18 +135,24 @@ def check_stamp(root: str, args_key: str) -> int | None:
     try:
         with open(stamp_path(root), "rb") as f:
             data = marshal.load(f)
-        fmt, key, recipe_file, recipe, entries, dirs, tool_stats, steps = data
+        (fmt, key, recipe_file, recipe, paths_s, stats_blob, digests_s, dirs_s, dirs_blob,
+         tool_stats, steps) = data
+        paths, stats = _unpack(paths_s, stats_blob)
+        dirs, dir_stats = _unpack(dirs_s, dirs_blob)
     except (OSError, EOFError, ValueError, TypeError):
         return None
     if fmt != STAMP_FORMAT or key != args_key or _stat(os.path.join(root, recipe_file)) != recipe:
         return None
-    for rel, st in dirs:
-        if _stat(os.path.join(root, rel) if rel else root) != st:
+    for index, rel in enumerate(dirs):
+        if _stat(os.path.join(root, rel) if rel else root) != _stat_at(dir_stats, index):
             return None
+    digests = digests_s.split("\0") if paths else []
     touched: list[tuple[int, str, str]] = []
-    for index, (rel, st, digest) in enumerate(entries):
+    for index, rel in enumerate(paths):
         now = _stat(os.path.join(root, rel))
+        st = _stat_at(stats, index)
         if now != st:
+            digest = digests[index]
             if now is None or st is None or not digest or len(touched) >= MAX_TOUCHED:
                 return None
             if now[_XBITS] != st[_XBITS] or now[0] != st[0]:
@@ -133,11 +167,13 @@ def check_stamp(root: str, args_key: str) -> int | None:
     if touched:
         # Still a no-op. Remember the new stats so the next check is stat-only again, but only
         # once they are a clock tick old: a save within the same tick could keep the mtime.
-        fresh = [(index, rel, digest, _stat(os.path.join(root, rel))) for index, rel, digest in touched]
-        if all(st is not None and st[1] < time.time_ns() - TICK_MARGIN_NS for *_, st in fresh):
-            for index, rel, digest, st in fresh:
-                entries[index] = (rel, st, digest)
-            _dump(root, (fmt, key, recipe_file, recipe, entries, dirs, tool_stats, steps))
+        fresh = [(index, _stat(os.path.join(root, rel))) for index, rel, _ in touched]
+        if all(st is not None and st[1] < time.time_ns() - TICK_MARGIN_NS for _, st in fresh):
+            for index, st in fresh:
+                assert st is not None
+                stats[index * _FIELDS:(index + 1) * _FIELDS] = array("q", st)
+            _dump(root, (fmt, key, recipe_file, recipe, paths_s, stats.tobytes(), digests_s, dirs_s, dirs_blob,
+                         tool_stats, steps))
     return steps
 
 
