@@ -3,10 +3,13 @@ both render their counters with it, so it lives in the layer both may import."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 LabelKey = tuple[tuple[str, str], ...]
 """Labels of one series: sorted (name, value) pairs; `labels(outcome="ok")` makes one."""
@@ -128,3 +131,50 @@ def render_prometheus(counters: Mapping[str, Series], histograms: Mapping[str, H
     return "\n".join(lines) + "\n" if lines else ""
 
 
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Renderable(Protocol):
+    def render(self) -> str: ...
+
+
+class MetricsServer:
+    """A tiny HTTP/1.0 responder: one page, no framework needed."""
+
+    def __init__(self, metrics: Renderable, refresh: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.metrics = metrics
+        self.refresh = refresh  # brings slow gauges (the store's size) up to date before a scrape
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        bound = self._server.sockets[0].getsockname()
+        return bound[0], bound[1]
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)).strip():
+                pass  # headers: nothing in them matters here
+            parts = request.decode("latin-1").split()
+            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
+                if self.refresh:
+                    with contextlib.suppress(OSError):
+                        await self.refresh()
+                status, body, ctype = "200 OK", self.metrics.render().encode(), CONTENT_TYPE
+            else:
+                status, body, ctype = "404 Not Found", b"try /metrics\n", "text/plain"
+            writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         f"Connection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()

@@ -55,6 +55,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="a chef silent this long loses its steps to other chefs (default 10)")
     b.add_argument("--max-attempts", type=int, default=3, metavar="N",
                    help="dispatch a step at most N times before failing it (default 3)")
+    _add_observe_flags(b)
     b.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     b.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
     b.add_argument("-v", "--verbose", action="store_true", help="also print cached steps and commands")
@@ -70,6 +71,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     w.add_argument("-v", "--verbose", action="store_true")
     w.add_argument("--rescan", type=float, default=30.0, metavar="SECONDS",
                    help="check everything this often even without file events (default 30)")
+    _add_observe_flags(w)
     ex = sub.add_parser("explain", help="say why each step would run, or that it is up to date")
     ex.add_argument("targets", nargs="*", metavar="TARGET")
     ex.add_argument("-C", dest="directory", type=Path, default=Path("."))
@@ -89,6 +91,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     lg.add_argument("step", help="step id, e.g. compile[main]")
     lg.add_argument("-C", dest="directory", type=Path, default=Path("."))
     return p
+
+
+def _add_observe_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dashboard", nargs="?", type=int, const=0, default=None, metavar="PORT",
+                   help="serve the live dashboard on 127.0.0.1 while steps run (PORT, default any)")
+    p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
+
+
+def _metrics_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The MajorDomo's metrics and, if asked for, the server that exposes them with its address."""
+    from artefacts.metrics import MetricsServer
+    from majordomo.metrics import MajordomoMetrics
+
+    metrics = MajordomoMetrics()
+    if not args.metrics_listen:
+        return metrics, None, None
+    host, _, port = args.metrics_listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--metrics-listen expects HOST:PORT, got {args.metrics_listen!r}")
+    return metrics, MetricsServer(metrics), (host, int(port))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,10 +265,16 @@ async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[
     options = BuildOptions(targets=args.targets, jobs=max(0, args.jobs), nats_url=nats_url,
                            federation=args.federation or subjects.DEFAULT_FEDERATION,
                            sftp_listen=(host, int(port)), advertise_host=args.advertise,
-                           lease_s=max(0.5, args.lease), max_attempts=max(1, args.max_attempts))
-    build = Build(project, state, options, on_step=reporter.step, on_event=reporter.event)
+                           lease_s=max(0.5, args.lease), max_attempts=max(1, args.max_attempts),
+                           dashboard_port=args.dashboard)
+    metrics, server, address = _metrics_server(args)
+    build = Build(project, state, options, on_step=reporter.step, on_event=reporter.event, metrics=metrics)
     try:
+        if server:
+            await server.start(*address)
         return await build.run(), build
+    except OSError as exc:
+        raise UserError(f"--metrics-listen {args.metrics_listen}: {exc}") from None
     except BuildError as exc:
         raise UserError(str(exc)) from None
     except Exception as exc:
@@ -256,6 +285,9 @@ async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[
         if isinstance(exc, NatsUnreachable | FederationError):
             raise UserError(str(exc)) from None
         raise
+    finally:
+        if server:
+            await server.stop()
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -273,9 +305,11 @@ def _watch(args: argparse.Namespace) -> int:
     reporter = make_reporter(sys.stdout, quiet=args.quiet, verbose=args.verbose)
     options = WatchOptions(
         build=BuildOptions(targets=args.targets, jobs=max(0, args.jobs), nats_url=args.nats or _config_nats(),
-                           federation=args.federation or subjects.DEFAULT_FEDERATION),
+                           federation=args.federation or subjects.DEFAULT_FEDERATION,
+                           dashboard_port=args.dashboard),
         rescan_s=max(0.5, args.rescan),
     )
+    metrics, server, address = _metrics_server(args)
 
     def load():  # type: ignore[no-untyped-def]
         loaded = load_project(root, recipe_file=args.file, overrides=overrides, list_files=_source_lister(root))
@@ -284,7 +318,7 @@ def _watch(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(watch(root, load, options, sys.stdout, reporter.summary, on_step=reporter.step,
-                          on_event=reporter.event))
+                          on_event=reporter.event, metrics=metrics, metrics_server=(server, address)))
     except KeyboardInterrupt:
         print("majordomo: watch stopped", file=sys.stderr)
     return EXIT_OK

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the federation stack (nats-py, asyncssh) costs ~0.3 s to im
     from artefacts.ownership import FederationMaps
     from majordomo.federation import Federation
     from majordomo.leases import Leases
+    from majordomo.metrics import MajordomoMetrics
 
 ABSENT = "absent:"  # digest placeholder of a discovered input that no longer exists: forces a rerun
 _decode_result = decoder(StepResult)
@@ -67,6 +68,7 @@ class BuildOptions:
     advertise_host: str = ""
     lease_s: float = 10.0  # a chef unheard-of this long loses its steps to others
     max_attempts: int = 3
+    dashboard_port: int | None = None  # serve the live dashboard on 127.0.0.1 while the federation is up
 
 
 @dataclass
@@ -110,7 +112,8 @@ EventListener = Callable[[str, str, str, dict[str, object]], None]
 
 class Build:
     def __init__(self, project: Project, state: State, options: BuildOptions, on_step: Listener | None = None,
-                 shared: Federation | None = None, on_event: EventListener | None = None) -> None:
+                 shared: Federation | None = None, on_event: EventListener | None = None,
+                 metrics: MajordomoMetrics | None = None) -> None:
         self.project = project
         self.root = project.root
         self.state = state
@@ -119,6 +122,7 @@ class Build:
         # Every event this build publishes, also handed to the caller in-process (live progress),
         # whether or not a federation is up: (kind, step id, chef id, detail).
         self.on_event = on_event
+        self.metrics = metrics
         self.build_id = uuid.uuid4().hex[:12]
         self.pod_id = options.pod_id or f"majordomo-{uuid.uuid5(uuid.NAMESPACE_URL, str(self.root)).hex[:8]}"
         self.report = BuildReport()
@@ -172,6 +176,8 @@ class Build:
                     await self._fed.stop()
         self.report.duration_s = time.monotonic() - started
         self.report.ok = self.report.steps_failed == 0 and self.report.steps_skipped == 0
+        if self.metrics:
+            self.metrics.bytes_pulled += self.report.bytes_pulled
         await self.state.run(lambda: self.state.record_build(
             self.build_id, time.time() - self.report.duration_s, self.report.duration_s, self.report.ok,
             self.report.steps_run, self.report.steps_cached, self.report.steps_failed))
@@ -561,6 +567,8 @@ class Build:
         if any(c.id == chef_id for c in self._chefs):
             self._chefs = [c for c in self._chefs if c.id != chef_id]
             self._publish("chef.lease_lost", chef=chef_id, detail={"reason": why})
+            if self.metrics:
+                self.metrics.lease_losses += 1
         if self._leases:
             self._leases.lost(chef_id).set()
 
@@ -732,6 +740,8 @@ class Build:
                 self._maps = await FederationMaps(fed.nc, self.options.federation).open()
                 if fed.puller:
                     self._pulled_base = (fed.puller.files_pulled, fed.puller.bytes_pulled)
+                if self.options.dashboard_port is not None and fed.dashboard is None:
+                    await fed.open_dashboard(self.options.dashboard_port)
                 self._publish("build.started", detail={"targets": self.options.targets, "total": self.total,
                                                        "chefs": [c.id for c in self._chefs]})
                 for entry in self._events:
@@ -881,6 +891,8 @@ class Build:
         else:
             r.steps_skipped += 1
         self.on_step(outcome, self._done, self.total)
+        if self.metrics:
+            self.metrics.step(outcome.state, outcome.duration_s)
         if outcome.state == "cached":
             self._publish("step.cached", outcome.step)
         elif outcome.state == "skipped":

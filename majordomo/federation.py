@@ -117,6 +117,17 @@ class Federation:
         self.puller: Puller | None = None
         self.pod: Pod | None = None
         self._chefs_kv = None
+        self.dashboard = None  # the live page, when asked for; lives as long as this federation
+
+    async def open_dashboard(self, port: int) -> str:
+        """Serve the dashboard on 127.0.0.1:port (0: any) on this connection; say where."""
+        from majordomo.dashboard import serve_dashboard
+
+        assert self.nc
+        self.dashboard = await serve_dashboard(self.nc.connected_url.geturl() if self.nc.connected_url else "",
+                                               self.federation, "127.0.0.1", port, nc=self.nc)
+        print(f"dashboard: {self.dashboard.url}", file=sys.stderr, flush=True)
+        return self.dashboard.url
 
     @property
     def is_embedded(self) -> bool:
@@ -174,6 +185,10 @@ class Federation:
 
     async def stop(self) -> None:
         """Stop what was started; safe to call twice, and `start` may follow (watch retries)."""
+        if self.dashboard:
+            with contextlib.suppress(Exception):
+                await self.dashboard.stop()
+            self.dashboard = None
         if self.local_chefs:
             await self.local_chefs.stop()
         if self.nc:

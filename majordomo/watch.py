@@ -21,7 +21,9 @@ from majordomo.recipes import Project
 from majordomo.state import State
 
 if TYPE_CHECKING:
+    from artefacts.metrics import MetricsServer
     from majordomo.federation import Federation
+    from majordomo.metrics import MajordomoMetrics
 
 
 @dataclass
@@ -64,6 +66,8 @@ async def watch(
     on_step: Callable[..., None] | None = None,
     stop: asyncio.Event | None = None,
     on_event: Callable[..., None] | None = None,
+    metrics: MajordomoMetrics | None = None,
+    metrics_server: tuple[MetricsServer | None, tuple[str, int] | None] = (None, None),
 ) -> None:
     """Run until `stop` is set or the task is cancelled (Ctrl-C); always stops the federation."""
     import watchfiles
@@ -85,11 +89,14 @@ async def watch(
         root, watch_filter=output_filter, step=options.quiet_ms, debounce=options.max_batch_ms,
         rust_timeout=int(options.rescan_s * 1000), yield_on_timeout=True, stop_event=stop,
     )
+    server, address = metrics_server
+    if server and address:
+        await server.start(*address)  # one endpoint for the whole watch, scraped between builds
     try:
         while not stop.is_set():
             # Already waiting while the build runs, so nothing saved meanwhile is missed.
             waiting = asyncio.ensure_future(anext(changes_stream, None))
-            report = await _one_build(load, bopts, state, fed, out, on_step, output_filter, on_event)
+            report = await _one_build(load, bopts, state, fed, out, on_step, output_filter, on_event, metrics)
             if report is not None:
                 on_report(report)
             print("watching for changes (Ctrl-C stops)", file=out, flush=True)
@@ -106,13 +113,16 @@ async def watch(
                 await waiting
         await changes_stream.aclose()
         await fed.stop()
+        if server:
+            await server.stop()
         state.close()
 
 
 async def _one_build(load: Callable[[], Project], options: BuildOptions, state: State, fed: Federation,
                      out: TextIO, on_step: Callable[..., None] | None,
                      output_filter: OutputFilter,
-                     on_event: Callable[..., None] | None = None) -> BuildReport | None:
+                     on_event: Callable[..., None] | None = None,
+                     metrics: MajordomoMetrics | None = None) -> BuildReport | None:
     from majordomo.recipes import RecipeError
 
     try:
@@ -122,7 +132,7 @@ async def _one_build(load: Callable[[], Project], options: BuildOptions, state: 
         return None
     produced = await state.run(state.load_produced)
     output_filter.refresh([*produced, *(o for step in project.steps for o in step.outputs)])
-    build = Build(project, state, options, on_step=on_step, shared=fed, on_event=on_event)
+    build = Build(project, state, options, on_step=on_step, shared=fed, on_event=on_event, metrics=metrics)
     fed.pod_id = build.pod_id
     try:
         return await build.run()

@@ -22,9 +22,9 @@ command = "tr a-z A-Z < $< > $@"
 
 
 class Watcher:
-    def __init__(self, project: Path) -> None:
+    def __init__(self, project: Path, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "majordomo.cli", "watch", "-C", str(project), "--rescan", "60"],
+            [sys.executable, "-m", "majordomo.cli", "watch", "-C", str(project), "--rescan", "60", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
         )
         self.lines: queue.Queue[str] = queue.Queue()
