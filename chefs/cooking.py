@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from protocol.errors import ErrorCode
 from protocol.messages import OutputRef, StepRequest
 
 LOG_LIMIT = 64 * 1024  # keep the tail: that is where compilers and TeX say what went wrong
+LOG_FLUSH_S = 0.25
 BASE_ENV = {"LANG": "C.UTF-8", "TZ": "UTC"}
 
 
@@ -31,11 +34,13 @@ class Outcome:
 
 
 class Cook:
-    def __init__(self, store: Store, tasks_dir: Path, tools: dict[str, str], *, sandbox: bool = True) -> None:
+    def __init__(self, store: Store, tasks_dir: Path, tools: dict[str, str], *, sandbox: bool = True,
+                 on_output: Callable[[StepRequest, str], None] | None = None) -> None:
         self.store = store
         self.tasks_dir = tasks_dir
         self.tools = tools
         self.bwrap = bwrap_path() if sandbox else None
+        self.on_output = on_output  # a running step's output as it comes
 
     @property
     def sandboxed(self) -> bool:
@@ -87,20 +92,36 @@ class Cook:
             start_new_session=True,  # so a timeout can kill the whole process group
         )
         timed_out = False
+        output = _TailBuffer(LOG_LIMIT)
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), step.timeout_s)
+            await asyncio.wait_for(self._stream(step, proc, output), step.timeout_s)
         except TimeoutError:
             timed_out = True
             _kill_group(proc.pid)
-            out, _ = await proc.communicate()
+            await proc.wait()
         except asyncio.CancelledError:
             _kill_group(proc.pid)
             await proc.wait()
             raise
-        text = out.decode(errors="replace")
-        if len(text) > LOG_LIMIT:
-            text = "[... earlier output cut ...]\n" + text[-LOG_LIMIT:]
-        return proc.returncode if proc.returncode is not None else -1, text, timed_out
+        return proc.returncode if proc.returncode is not None else -1, output.text(), timed_out
+
+    async def _stream(self, step: StepRequest, proc: asyncio.subprocess.Process, output: _TailBuffer) -> None:
+        """Keep the output's tail for the result, and pass it on as it comes, at most every
+        LOG_FLUSH_S (watchers see a long LaTeX run or test suite progress)."""
+        assert proc.stdout
+        pending: list[bytes] = []
+        last = time.monotonic()
+        while chunk := await proc.stdout.read(65536):
+            output.add(chunk)
+            if self.on_output is not None:
+                pending.append(chunk)
+                if time.monotonic() - last >= LOG_FLUSH_S:
+                    self.on_output(step, b"".join(pending).decode(errors="replace"))
+                    pending.clear()
+                    last = time.monotonic()
+        if pending and self.on_output is not None:
+            self.on_output(step, b"".join(pending).decode(errors="replace"))
+        await proc.wait()
 
     def _failure(self, step: StepRequest, status: int, log: str) -> str:
         """One sentence first: for LaTeX, the error and the source line it points to, not 2,000
@@ -149,3 +170,24 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, 9)
     except ProcessLookupError:
         pass
+
+
+class _TailBuffer:
+    """The last `limit` bytes of a stream, and whether anything before them was cut."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.cut = False
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > 2 * self.limit:  # trim in bulk, not per chunk
+            del self.data[:-self.limit]
+            self.cut = True
+
+    def text(self) -> str:
+        text = self.data.decode(errors="replace")
+        if self.cut or len(text) > self.limit:
+            return "[... earlier output cut ...]\n" + text[-self.limit:]
+        return text

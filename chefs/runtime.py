@@ -123,7 +123,7 @@ class Chef:
         wanted = sorted({t for k in cfg.kinds for t in KIND_TOOLS.get(k, ())} | set(cfg.extra_tools))
         tools = await probe.identities(wanted)
         probe.save()
-        self.cook = Cook(self.store, cfg.home / "tasks", tools, sandbox=cfg.sandbox)
+        self.cook = Cook(self.store, cfg.home / "tasks", tools, sandbox=cfg.sandbox, on_output=self._on_output)
         if cfg.sandbox and not self.cook.sandboxed:
             log.warning("chef %s: bwrap not found: steps run UNSANDBOXED in plain task dirs", cfg.id)
 
@@ -449,6 +449,10 @@ class Chef:
             except Exception as exc:  # the map is advisory; the step goes on
                 log.warning("could not record ownership of %s: %s", ref.digest, exc)
         return ref.size
+
+    def _on_output(self, step: StepRequest, text: str) -> None:
+        """A running step's output, for watchers (the dashboard streams it)."""
+        self._track("log", self._publish("step.log", step, {"text": text[-16384:]}))
 
     async def _publish(self, kind: str, step: StepRequest | None = None, detail: dict | None = None) -> None:
         if not self._nc or self._nc.is_closed:

@@ -63,3 +63,38 @@ async def test_build_publishes_its_story(tmp_path: Path, federation) -> None:
     summary = next(e for e in seen if e["kind"] == "build.finished")["detail"]
     assert summary["steps_run"] == 2 and summary["steps_failed"] == 1
     assert len({e["build_id"] for e in seen if e["source"].startswith("majordomo:")}) == 1
+
+
+async def test_running_step_output_streams_as_step_log(tmp_path: Path, federation) -> None:
+    recipe = """
+[[step]]
+name = "chatty"
+inputs = ["a.txt"]
+outputs = ["out/a.txt"]
+command = "for i in 1 2 3; do echo progress-$$i; sleep 0.3; done; cp $< $@"
+"""
+    project = write_project(tmp_path / "p", recipe, {"a.txt": "x\n"})
+    nc = await nats.connect(federation.url, name="test-log-stream")
+    order: list[tuple[str, str]] = []
+    done = asyncio.Event()
+
+    async def collect(msg) -> None:  # type: ignore[no-untyped-def]
+        event = json.loads(msg.data)
+        if event["step_id"] == "chatty":
+            order.append((event["kind"], event["detail"].get("text", "")))
+            if event["kind"] == "step.done":
+                done.set()
+
+    await nc.subscribe("cp.events.>", cb=collect)
+    await nc.flush()
+    try:
+        run = await asyncio.to_thread(majordomo, project, "build", "--nats", federation.url, env=federation.env)
+        assert run.code == 0, run.stderr
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        await nc.close()
+    logs = [text for kind, text in order if kind == "step.log"]
+    kinds = [kind for kind, _ in order]
+    assert len(logs) >= 2  # streamed while running, not only at the end
+    assert kinds.index("step.log") < kinds.index("step.done")
+    assert "".join(logs) == "progress-1\nprogress-2\nprogress-3\n"
