@@ -299,6 +299,7 @@ class Chef:
                 except Exception:
                     continue  # could not release it: keep the bytes, try again next time
             await asyncio.to_thread(self.store.delete, digest)
+            await self._publish("artefact.released", detail={"digest": digest, "pod": self.config.id})
         if victims:
             log.info("chef %s: evicted %d entries", self.config.id, len(victims))
             await self._publish("artefacts.evicted", detail={"count": len(victims)})
@@ -380,6 +381,9 @@ class Chef:
             return self._result(step, ErrorCode.TOOL_MISSING,
                                 message=f"chef {self.config.id} lacks tool(s): {', '.join(missing_tools)}")
         before = dict(self.counters)
+        lacking = [i for i in step.inputs if not self.store.has(i.digest)]
+        if lacking:
+            await self._publish("step.pulling", step, {"files": len(lacking), "bytes": sum(i.size for i in lacking)})
         failed = await self._pull_inputs(step.inputs, step.pods)
         pulled = {"files_pulled": self.counters["files_pulled"] - before["files_pulled"],
                   "bytes_pulled": self.counters["bytes_pulled"] - before["bytes_pulled"]}
@@ -448,6 +452,8 @@ class Chef:
                 await self._maps.add_owner(ref.digest, ref.size, self.config.id)
             except Exception as exc:  # the map is advisory; the step goes on
                 log.warning("could not record ownership of %s: %s", ref.digest, exc)
+        await self._publish("artefact.owned", detail={"path": ref.path, "digest": ref.digest, "size": ref.size,
+                                                      "pod": self.config.id})
         return ref.size
 
     def _on_output(self, step: StepRequest, text: str) -> None:

@@ -596,6 +596,8 @@ class Build:
                            inputs={p: self._marked(p, d) for p, d in final_inputs.items()})
         for out in result.outputs:
             self._owners().setdefault(out.digest, set()).add(result.chef_id)
+            self._publish("artefact.owned", step, result.chef_id, {"path": out.path, "digest": out.digest,
+                                                                   "size": out.size, "pod": result.chef_id})
         for digest in {r for r in inputs.values() if r != ABSENT}:
             self._owners().setdefault(digest, set()).add(result.chef_id)  # it pulled what it lacked
         if self._maps:
@@ -690,7 +692,7 @@ class Build:
             st = os.stat(dest)
             await self.state.run(lambda o=out, s=st: self.state.record_produced(
                 o.path, o.digest, step.id, stat_entry(s, o.digest)))
-            await self._add_owner(out.digest, self.pod_id, out.size)
+            await self._add_owner(out.digest, self.pod_id, out.size, out.path)
             self._served[out.digest] = dest
         return True
 
@@ -789,8 +791,9 @@ class Build:
         self._publish("step.placed", step, decision.chef.id if decision.chef else "", decision.as_detail())
         return decision.chef
 
-    async def _add_owner(self, digest: str, pod: str, size: int) -> None:
+    async def _add_owner(self, digest: str, pod: str, size: int, path: str = "") -> None:
         self._owners().setdefault(digest, set()).add(pod)
+        self._publish("artefact.owned", detail={"path": path, "digest": digest, "size": size, "pod": pod})
         await self.state.run(lambda: self.state.add_owner(digest, pod, size))
         if self._maps:
             with contextlib.suppress(Exception):  # advisory: our own state has it
@@ -798,6 +801,7 @@ class Build:
 
     async def _drop_owner(self, digest: str, pod: str) -> None:
         self._owners().get(digest, set()).discard(pod)
+        self._publish("artefact.released", detail={"digest": digest, "pod": pod})
         await self.state.run(lambda: self.state.drop_owner(digest, pod))
         if self._maps:
             with contextlib.suppress(Exception):
