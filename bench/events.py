@@ -30,13 +30,11 @@ import json
 import os
 import pstats
 import re
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -46,7 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.federation import Sample, generate, run_majordomo, total_steps
-from bench.incremental import OLD_MTIME_S, REPO, BenchError, _majordomo_env, _wipe, _writable
+from bench.incremental import OLD_MTIME_S, REPO, BenchError, _majordomo_env, _wipe, in_workdir
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 TARGET = 1.05
@@ -396,17 +394,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 2 or args.rounds < 1:
         parser.error("--steps must be >= 2 and --rounds >= 1")
-    if args.keep:
-        args.keep.mkdir(parents=True)
-    base = args.keep or Path(tempfile.mkdtemp(prefix="bench-events-"))
-    try:
-        ok = run(base.resolve(), args.steps, args.rounds, args.profile)
-    except (BenchError, subprocess.SubprocessError) as exc:
-        raise SystemExit(f"bench.events: {exc}") from None
-    finally:
-        if not args.keep:
-            shutil.rmtree(base, onerror=_writable)
-    raise SystemExit(0 if ok else 1)
+    in_workdir("events", args.keep, lambda base: run(base, args.steps, args.rounds, args.profile),
+               (BenchError, subprocess.SubprocessError))
 
 
 if __name__ == "__main__":

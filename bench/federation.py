@@ -26,11 +26,9 @@ import json
 import os
 import pstats
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,8 +41,8 @@ from bench.incremental import (
     _majordomo_env,
     _ninja_binary,
     _wipe,
-    _writable,
     build_ninja,
+    in_workdir,
     majordomo_toml,
     steps_run,
     write_sources,
@@ -271,17 +269,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 2 or args.rounds < 1:
         parser.error("--steps must be >= 2 and --rounds >= 1")
-    if args.keep:
-        args.keep.mkdir(parents=True)
-    base = args.keep or Path(tempfile.mkdtemp(prefix="bench-federation-"))
-    try:
-        ok = run(base.resolve(), args.steps, args.rounds, args.profile)
-    except (BenchError, subprocess.SubprocessError) as exc:
-        raise SystemExit(f"bench.federation: {exc}") from None
-    finally:
-        if not args.keep:
-            shutil.rmtree(base, onerror=_writable)
-    raise SystemExit(0 if ok else 1)
+    in_workdir("federation", args.keep, lambda base: run(base, args.steps, args.rounds, args.profile),
+               (BenchError, subprocess.SubprocessError))
 
 
 if __name__ == "__main__":

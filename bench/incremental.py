@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -323,6 +324,23 @@ def _writable(func: Callable[..., object], path: str, _exc: object) -> None:
     os.chmod(os.path.dirname(path), 0o755)
     os.chmod(path, 0o755)
     func(path)
+
+
+def in_workdir(bench: str, keep: Path | None, run: Callable[[Path], bool],
+               errors: tuple[type[BaseException], ...] = (BenchError,)) -> NoReturn:
+    """Run a bench in `keep` (kept) or a fresh temp dir (removed), report errors as one line, and
+    exit 0 when every target was met, 1 otherwise."""
+    if keep:
+        keep.mkdir(parents=True)
+    base = keep or Path(tempfile.mkdtemp(prefix=f"bench-{bench}-"))
+    try:
+        ok = run(base.resolve())
+    except errors as exc:
+        raise SystemExit(f"bench.{bench}: {exc}") from None
+    finally:
+        if not keep:
+            shutil.rmtree(base, onerror=_writable)
+    raise SystemExit(0 if ok else 1)
 
 
 def _wipe(root: Path) -> None:

@@ -28,19 +28,17 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.incremental import OLD_MTIME_S, REPO, BenchError, _majordomo_env, _ninja_binary, _writable
+from bench.incremental import OLD_MTIME_S, REPO, BenchError, _majordomo_env, _ninja_binary, in_workdir
 
 READY_TIMEOUT_S = 180.0  # watch start-up: load, scan, first (no-op) build
 ROUND_TIMEOUT_S = 30.0  # save to rebuilt output, worst case (round 0 starts the federation)
@@ -387,17 +385,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1 or args.rounds < 1:
         parser.error("--steps and --rounds must be >= 1")
-    if args.keep:
-        args.keep.mkdir(parents=True)
-    base = args.keep or Path(tempfile.mkdtemp(prefix="bench-watch-"))
-    try:
-        ok = run(base.resolve(), args.steps, args.rounds, args.profile)
-    except BenchError as exc:
-        raise SystemExit(f"bench.watch: {exc}") from None
-    finally:
-        if not args.keep:
-            shutil.rmtree(base, onerror=_writable)
-    raise SystemExit(0 if ok else 1)
+    in_workdir("watch", args.keep, lambda base: run(base, args.steps, args.rounds, args.profile), (BenchError,))
 
 
 if __name__ == "__main__":

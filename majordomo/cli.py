@@ -210,7 +210,7 @@ def _build(args: argparse.Namespace) -> int:
         steps = noop.check_stamp(str(root), stamp_key)
         if steps is not None:
             return _report_noop(args, steps)
-    noop.remove_stamp(str(root)) if (root / ".majordomo").is_dir() else None
+    noop.remove_stamp(str(root))  # the full path decides now; a failed build must leave no stamp
     return _full_build(args, nats_url, stamp_key)
 
 

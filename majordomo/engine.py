@@ -26,7 +26,7 @@ from majordomo.actionkey import action_key
 from majordomo.graph import BuildGraph, GraphError
 from majordomo.recipes import Project, Step
 from majordomo.scan import scan, stat_entry
-from majordomo.state import KeyDetail, State
+from majordomo.state import KeyDetail, State, StatEntry
 from protocol import subjects
 from protocol.errors import ErrorCode
 from protocol.kinds import step_tools
@@ -145,6 +145,7 @@ class Build:
         self._step_tools: dict[str, tuple[str, ...]] = {}
         self._normalise_memo: dict[str, dict[str, str]] = {}
         self._owner_map: dict[str, set[str]] | None = None
+        self._stat_snapshot: dict[str, StatEntry] | None = None
         self._events: list[tuple[str, str, str, dict[str, object]]] = []  # until the federation is up
         self._publishing: set[asyncio.Task[None]] = set()
         self._served: dict[str, Path] = {}  # digest -> workspace file this pod serves
@@ -662,10 +663,11 @@ class Build:
             self._served[out.digest] = self.root / out.path
         return True
 
-    def _stat_cache(self):  # type: ignore[no-untyped-def]
-        if not hasattr(self, "_stat_cache_snapshot"):
-            self._stat_cache_snapshot = self.state.load_stat_cache()
-        return self._stat_cache_snapshot
+    def _stat_cache(self) -> dict[str, StatEntry]:
+        """The stat cache as this build started, loaded once (it is only read here)."""
+        if self._stat_snapshot is None:
+            self._stat_snapshot = self.state.load_stat_cache()
+        return self._stat_snapshot
 
     async def _materialize(self, step: Step, outputs: list[OutputRef], producer: str | None) -> bool:
         """Fetch final outputs into the workspace atomically (temp file + rename)."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from conftest import require
 
 REPO = Path(__file__).resolve().parent.parent
 NATS_PORT = 4222  # every host has its own port space: fixed ports cannot collide
@@ -295,8 +296,7 @@ def store_files(store: Path) -> dict[str, Path]:
 def net_fixture() -> Iterator[Any]:
     """Seven hosts 198.18.0.1..7 on one bridge; every process and namespace is gone afterwards."""
     reason = harness.unsupported_reason()
-    if reason:
-        pytest.skip(reason)
+    require(reason is None, reason or "")
     harness.sweep()  # leftovers of a crashed earlier run (never a run another live process owns)
     network = Network(7).up()
     try:

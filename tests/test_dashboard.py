@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 import nats
 import pytest
-from conftest import REPO, start_chef, stop_procs, write_project
+from conftest import REPO, require, start_chef, stop_procs, write_project
 
 from majordomo.dashboard import serve_dashboard
 from majordomo.dashboard.model import DashboardModel
@@ -224,10 +224,7 @@ def _browser_missing() -> str | None:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     missing = _browser_missing()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(missing)  # CI installs the browser; its absence there is a bug, not a skip
-        pytest.skip(missing)
+    require(missing is None, missing or "")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import nats
-from conftest import majordomo, write_project
+from conftest import ONE_STEP, majordomo, write_project
 
 
 async def _gather(nc: nats.NATS, subject: str, want: int) -> list[dict]:
@@ -25,13 +25,7 @@ async def _gather(nc: nats.NATS, subject: str, want: int) -> list[dict]:
 
 
 async def test_chefs_answer_srv_ping_info_stats(tmp_path: Path, federation) -> None:
-    project = write_project(tmp_path / "p", """
-    [[step]]
-    name = "one"
-    inputs = ["a.txt"]
-    outputs = ["out/one.txt"]
-    command = "cp $< $@"
-    """, {"a.txt": "x\n"})
+    project = write_project(tmp_path / "p", ONE_STEP, {"a.txt": "x\n"})
     run = majordomo(project, "build", "--json", "--nats", federation.url, env=federation.env)
     assert run.code == 0, run.stderr
     cooked_by = run.summary["chefs"][0]["id"]

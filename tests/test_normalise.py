@@ -11,13 +11,19 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from artefacts import normalise
 from artefacts.hashing import hash_bytes
 from artefacts.normalise import NormaliserError, normalised_digest, parse_spec
 
 PDFLATEX = shutil.which("pdflatex")
-needs_pdflatex = pytest.mark.skipif(PDFLATEX is None, reason="pdflatex is not installed")
+needs_pdflatex = pytest.mark.usefixtures("_pdflatex")
+
+
+@pytest.fixture
+def _pdflatex() -> None:
+    require(PDFLATEX is not None, "pdflatex is not installed")
 
 EPOCH_2001 = {"SOURCE_DATE_EPOCH": "1000000000", "FORCE_SOURCE_DATE": "1"}
 EPOCH_2023 = {"SOURCE_DATE_EPOCH": "1700000000", "FORCE_SOURCE_DATE": "1"}

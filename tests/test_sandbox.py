@@ -8,9 +8,12 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import majordomo, write_project
+from conftest import majordomo, require, write_project
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed")
+
+@pytest.fixture(autouse=True)
+def _bwrap() -> None:
+    require(shutil.which("bwrap") is not None, "bwrap is not installed")
 
 
 def _one_step(tmp_path: Path, command: str) -> tuple[Path, object]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
-from conftest import REPO, majordomo, write_project
+from conftest import ONE_STEP, REPO, majordomo, write_project
 
 from majordomo.observe import Histogram, labels, read_chefs, render_prometheus
 from majordomo.status import ChefStatus, ServerStatus, Status, federation_status, render_status
@@ -25,13 +25,7 @@ def status_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_status_shows_chefs_counters_and_server(tmp_path: Path, federation) -> None:
-    project = write_project(tmp_path / "p", """
-    [[step]]
-    name = "one"
-    inputs = ["a.txt"]
-    outputs = ["out/one.txt"]
-    command = "cp $< $@"
-    """, {"a.txt": "x\n"})
+    project = write_project(tmp_path / "p", ONE_STEP, {"a.txt": "x\n"})
     run = majordomo(project, "build", "--json", "--nats", federation.url, env=federation.env)
     assert run.code == 0, run.stderr
     cooked_by = run.summary["chefs"][0]["id"]
