@@ -7,12 +7,38 @@ import contextlib
 import re
 import shutil
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 
 CONNECT_DEADLINE_S = 3.0
+T = TypeVar("T")
+# A KV operation may time out while a NATS cluster elects a new stream leader (a node died):
+# try again for about as long as a lease lasts before giving up.
+RETRY_FOR_S = 10.0
+_TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+              nats.js.errors.ServiceUnavailableError, TimeoutError)
+
+
+async def retrying(operation: Callable[[], Awaitable[T]], *, for_s: float = RETRY_FOR_S) -> T:
+    """Run a JetStream operation, retrying transient failures (a stream or meta leader election)
+    with back-off for at most `for_s` seconds."""
+    deadline = asyncio.get_running_loop().time() + for_s
+    delay = 0.1
+    while True:
+        try:
+            return await operation()
+        except _TRANSIENT:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)  # a back-off between retries, not a wait for an event
+            delay = min(delay * 2, 1.0)
+
 
 
 class NatsUnreachable(ConnectionError):
@@ -160,11 +186,16 @@ async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history:
     On a NATS cluster it is replicated to as many nodes as there are, up to 3, so losing a node
     loses no registry entry, owner or cached result; on a single server, one replica."""
     js = nc.jetstream()
-    try:
-        return await js.key_value(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        replicas = max(1, min(3, len(nc.servers)))
-        return await js.create_key_value(bucket=bucket, ttl=ttl, history=history, replicas=replicas)
+
+    async def open_or_create():  # type: ignore[no-untyped-def]
+        try:
+            return await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            replicas = max(1, min(3, len(nc.servers)))
+            return await js.create_key_value(bucket=bucket, ttl=ttl, history=history, replicas=replicas)
+
+    # A cluster that just formed answers JetStream requests only once it has elected a leader.
+    return await retrying(open_or_create, for_s=30.0)
 
 
 def local_address_towards(url: str) -> str | None:

@@ -8,40 +8,19 @@ sees the same truth.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
-import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from artefacts.natsutil import kv_bucket
+from artefacts.natsutil import retrying as _retrying
 from protocol import subjects
 from protocol.messages import OutputRef, Ownership
 
 CAS_TRIES = 16
-# A KV operation may time out while a NATS cluster elects a new stream leader (a node died):
-# try again for about as long as a lease lasts before giving up.
-RETRY_FOR_S = 10.0
-_TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
-              TimeoutError)
-
-
-async def _retrying(operation: Callable[[], Awaitable[T]]) -> T:
-    deadline = asyncio.get_running_loop().time() + RETRY_FOR_S
-    delay = 0.1
-    while True:
-        try:
-            return await operation()
-        except _TRANSIENT:
-            if asyncio.get_running_loop().time() + delay > deadline:
-                raise
-            await asyncio.sleep(delay)  # a back-off between retries, not a wait for an event
-            delay = min(delay * 2, 1.0)
-T = TypeVar("T")
 _own_enc = msgspec.msgpack.Encoder()
 _own_dec = msgspec.msgpack.Decoder(Ownership)
 _outputs_dec = msgspec.msgpack.Decoder(list[OutputRef])

@@ -347,24 +347,18 @@ async def _observer(argv: list[str]) -> None:
             kv = await js.create_key_value(bucket=argv[2], ttl=float(argv[3]) or None, replicas=int(argv[4]))
             print(json.dumps({"bucket": kv._name}))
         elif cmd == "kv-keys":
-            from artefacts.natsutil import kv_keys
+            from artefacts.natsutil import kv_keys, retrying
+
+            async def read() -> dict[str, str]:
+                kv = await nc.jetstream().key_value(argv[2])
+                entries = {}
+                for key in await kv_keys(nc, argv[2]):
+                    entry = await kv.get(key)
+                    entries[key] = entry.value.hex() if entry.value else ""
+                return entries
 
             # Right after a node dies its streams elect new leaders: retry, bounded, like the product.
-            deadline = asyncio.get_running_loop().time() + 15
-            while True:
-                try:
-                    kv = await nc.jetstream().key_value(argv[2])
-                    entries = {}
-                    for key in await kv_keys(nc, argv[2]):
-                        entry = await kv.get(key)
-                        entries[key] = entry.value.hex() if entry.value else ""
-                    break
-                except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                        nats.js.errors.ServiceUnavailableError):
-                    if asyncio.get_running_loop().time() > deadline:
-                        raise
-                    await asyncio.sleep(0.5)  # a back-off between bounded retries
-            print(json.dumps(entries))
+            print(json.dumps(await retrying(read, for_s=15)))
         else:
             raise SystemExit(f"unknown command {cmd!r}")
     finally:
