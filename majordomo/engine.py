@@ -678,16 +678,15 @@ class Build:
         assert fed.puller
         for out in wanted:
             dest = self.root / out.path
-            owners = [producer] if producer else []
-            owners += [p for p in self._live_owners(out.digest) if p not in owners and p != self.pod_id]
-            endpoints = [c.sftp for o in owners for c in self._chefs if c.id == o]
-            if not endpoints:
-                return False
-            from artefacts.sftp_client import PullFailure
-
-            try:
-                await fed.puller.fetch_to(out.digest, out.size, endpoints, dest)
-            except PullFailure:
+            why = await self._fetch(fed, out, producer, dest)
+            if why:
+                # Before running the step again, look once more: the registry and the federation's
+                # ownership map may know an owner our picture of this build has lost.
+                self._chefs = await fed.chefs() or self._chefs
+                await self._learn_owners(out.digest)
+                why = await self._fetch(fed, out, producer, dest)
+            if why:
+                self._publish("artefact.fetch_failed", step, detail={"path": out.path, "reason": why})
                 return False
             if out.executable:
                 os.chmod(dest, 0o755)
@@ -697,6 +696,22 @@ class Build:
             await self._add_owner(out.digest, self.pod_id, out.size, out.path)
             self._served[out.digest] = dest
         return True
+
+    async def _fetch(self, fed: Federation, out: OutputRef, producer: str | None, dest: Path) -> str:
+        """Fetch one output from its owners into the workspace; why it failed, or "" on success."""
+        from artefacts.sftp_client import PullFailure
+
+        owners = [producer] if producer else []
+        owners += [p for p in self._live_owners(out.digest) if p not in owners and p != self.pod_id]
+        endpoints = [c.sftp for o in owners for c in self._chefs if c.id == o]
+        if not endpoints:
+            return f"no live owner among {sorted(self._owners().get(out.digest, ()))}"
+        assert fed.puller
+        try:
+            await fed.puller.fetch_to(out.digest, out.size, endpoints, dest)
+        except PullFailure as exc:
+            return str(exc)
+        return ""
 
     def _workspace_has(self, out: OutputRef) -> bool:
         entry = self._stat_cache().get(out.path)
