@@ -200,8 +200,6 @@ class State:
                 "INSERT OR REPLACE INTO results VALUES(?,?,?,?,?,?)",
                 (action_key, step_id, blob, chef_id, duration_s, now),
             )
-        if self._results is not None:
-            self._results[action_key] = blob
             self._db.execute(
                 "INSERT OR REPLACE INTO steps VALUES(?,?,?,?,?)",
                 (step_id, action_key, _outputs_enc.encode(discovered), now,
@@ -212,6 +210,8 @@ class State:
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO logs VALUES(?,?,?,?,?,?)", (step_id, action_key, 1, chef_id, log, now))
+        if self._results is not None:
+            self._results[action_key] = blob
 
     def record_failure(self, step_id: str, action_key: str, chef_id: str, log: str) -> None:
         with self._db:

@@ -1,0 +1,33 @@
+"""The state database keeps each step's result, key detail, ownership and log together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from majordomo.state import KeyDetail, State
+from protocol.messages import OutputRef
+
+OUT = OutputRef(path="build/a.txt", digest="sha256:" + "a" * 64, size=3)
+DETAIL = KeyDetail(command="cp a b", toolchain={"cp": "9.1"}, env=[], inputs={"a": "sha256:" + "b" * 64})
+
+
+def test_a_result_is_recorded_whole_even_before_any_lookup(tmp_path: Path) -> None:
+    """A result recorded before the state was ever asked for one (a fresh process) keeps every
+    part of it: the step's last key and detail, its owner and its log, not only the result row."""
+    state = State(tmp_path)
+    try:
+        state.record_result("copy", "key-1", [OUT], ["inc/x.h"], "chef-a", 0.5, "log text", DETAIL)
+    finally:
+        state.close()
+
+    again = State(tmp_path)
+    try:
+        assert again.result("key-1") == [OUT]
+        record = again.load_steps()["copy"]
+        assert (record.action_key, record.discovered) == ("key-1", ("inc/x.h",))
+        assert again.key_detail("copy") == DETAIL
+        assert again.load_owners() == {OUT.digest: {"chef-a"}}
+        log = again.step_log("copy")
+        assert log is not None and (log[0], log[2]) == ("log text", "chef-a")
+    finally:
+        again.close()
