@@ -49,7 +49,8 @@ class NatsUnreachable(ConnectionError):
         self.url = url
 
 
-async def connect(url: str, name: str, *, deadline_s: float = CONNECT_DEADLINE_S) -> NATS:
+async def connect(url: str, name: str, *, deadline_s: float = CONNECT_DEADLINE_S,
+                  on_reconnect: Callable[[], Awaitable[None]] | None = None) -> NATS:
     """Connect within `deadline_s` or raise NatsUnreachable.
 
     nats-py's defaults retry an unreachable server for about two minutes; a user waiting on
@@ -78,6 +79,7 @@ async def connect(url: str, name: str, *, deadline_s: float = CONNECT_DEADLINE_S
                 reconnect_time_wait=0.1,
                 max_reconnect_attempts=1,
                 error_cb=on_error,
+                reconnected_cb=on_reconnect,
             ),
             timeout=deadline_s,
         )
@@ -180,19 +182,27 @@ class EmbeddedNats:
 
 
 
+NO_SUITABLE_PEERS = 10005  # JetStream's error code: not enough JetStream nodes for the replicas asked
+
+
 async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history: int = 1):  # type: ignore[no-untyped-def]
     """Open a JetStream KV bucket, creating it on first use (creation with one config is idempotent).
 
     On a NATS cluster it is replicated to as many nodes as there are, up to 3, so losing a node
-    loses no registry entry, owner or cached result; on a single server, one replica."""
+    loses no registry entry, owner or cached result; on a single server, one replica. Nodes that run
+    without JetStream (mixed mode) hold no replica, so fewer are asked for when no more can be placed."""
     js = nc.jetstream()
 
     async def open_or_create():  # type: ignore[no-untyped-def]
         try:
             return await js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
-            replicas = max(1, min(3, len(nc.servers)))
-            return await js.create_key_value(bucket=bucket, ttl=ttl, history=history, replicas=replicas)
+            for replicas in range(max(1, min(3, len(nc.servers))), 0, -1):
+                try:
+                    return await js.create_key_value(bucket=bucket, ttl=ttl, history=history, replicas=replicas)
+                except nats.js.errors.BadRequestError as exc:
+                    if exc.err_code != NO_SUITABLE_PEERS or replicas == 1:
+                        raise
 
     # A cluster that just formed answers JetStream requests only once it has elected a leader.
     return await retrying(open_or_create, for_s=30.0)

@@ -26,6 +26,7 @@ from artefacts.sftp_client import DigestMismatch, Puller, PullError
 from artefacts.sftp_server import ArtefactServer, store_resolver
 from artefacts.store import Store
 from artefacts.toolprobe import ToolProbe
+from chefs.answers import Answers, AttemptKey, attempt_key
 from chefs.cooking import Cook
 from chefs.metrics import ChefMetrics, MetricsServer
 from protocol import PROTOCOL_VERSION, subjects
@@ -96,6 +97,7 @@ class Chef:
         self._bad_owners: dict[str, set[str]] = {}  # digest -> pods that served wrong bytes
         self.counters = {"steps_ok": 0, "steps_failed": 0, "files_pulled": 0, "bytes_pulled": 0}
         self._decode_step = decoder(StepRequest)
+        self._answers = Answers()
         self._decode_pull = decoder(PullRequest)
         self.metrics = ChefMetrics(config.id)
         self._metrics_server: MetricsServer | None = None
@@ -245,7 +247,12 @@ class Chef:
         except msgspec.DecodeError as exc:
             await request.respond_error("400", f"bad step request: {exc}")
             return
-        self._track(f"run:{step.step_id}", self._run_and_reply(step, request))
+        key = attempt_key(step)
+        answer = self._answers.begin(key)
+        if answer is None:
+            self._track(f"run:{step.step_id}", self._run_and_reply(step, request, key))
+        else:  # asked again (its answer may have been lost in a NATS failover): never cook twice
+            self._track(f"repeat:{step.step_id}", self._answer_again(answer, request))
 
     def _track(self, label: str, work: Coroutine[Any, Any, None]) -> None:
         """Keep a reference to background work (asyncio only holds weak ones) until it ends."""
@@ -254,14 +261,24 @@ class Chef:
         self._running[key] = task
         task.add_done_callback(lambda _t: self._running.pop(key, None))
 
-    async def _run_and_reply(self, step: StepRequest, request: Request) -> None:
-        async with self._slots:
-            await self._publish("step.running", step)
-            try:
-                result = await self.cook_step(step)
-            except Exception as exc:  # a chef bug must still answer, or the MajorDomo waits in vain
-                log.exception("step %s crashed the chef's cooking", step.step_id)
-                result = self._result(step, ErrorCode.INTERNAL, message=f"chef {self.config.id}: {exc!r}")
+    async def _answer_again(self, answer: asyncio.Future[bytes], request: Request) -> None:
+        with contextlib.suppress(Exception):
+            await request.respond(await asyncio.shield(answer), headers=headers())
+
+    async def _run_and_reply(self, step: StepRequest, request: Request, key: AttemptKey) -> None:
+        try:
+            async with self._slots:
+                await self._publish("step.running", step)
+                try:
+                    result = await self.cook_step(step)
+                except Exception as exc:  # a chef bug must still answer, or the MajorDomo waits in vain
+                    log.exception("step %s crashed the chef's cooking", step.step_id)
+                    result = self._result(step, ErrorCode.INTERNAL, message=f"chef {self.config.id}: {exc!r}")
+        except asyncio.CancelledError:  # stopping: no answer, so the MajorDomo re-dispatches it
+            self._answers.abandon(key)
+            raise
+        answer = encode(result)
+        self._answers.finish(key, answer)
         self.counters["steps_ok" if result.ok else "steps_failed"] += 1
         self.metrics.step_finished("ok" if result.ok else str(result.code), result.duration_s)
         self.metrics.bytes_pulled = self.counters["bytes_pulled"]
@@ -271,7 +288,7 @@ class Chef:
             "log": result.log[-4000:],  # the tail, for dashboards; `majordomo log` keeps it all
         })
         with contextlib.suppress(Exception):
-            await request.respond(encode(result), headers=headers())
+            await request.respond(answer, headers=headers())
 
     async def _on_pull(self, request: Request) -> None:
         try:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # the federation stack (nats-py, asyncssh) costs ~0.3 s to im
     from majordomo.leases import Leases
     from majordomo.metrics import MajordomoMetrics
 
+REASK_S = 5.0  # how often a step's answer is asked for again while its chef's lease holds
 ABSENT = "absent:"  # digest placeholder of a discovered input that no longer exists: forces a rerun
 _decode_result = decoder(StepResult)
 
@@ -524,29 +525,57 @@ class Build:
 
     async def _dispatch(self, fed: Federation, chef: ChefInfo, step: Step,
                         request: StepRequest) -> tuple[bytes | None, str]:
-        """Send the step and wait for the answer or the chef's lost lease, whichever comes first."""
+        """Send the step and wait for the answer or the chef's lost lease, whichever comes first.
+
+        The answer is a core-NATS reply, lost if it is published while our connection fails over
+        to another NATS node. So while the chef's lease holds we ask again, at once after a
+        reconnect and otherwise every REASK_S: the chef never cooks one attempt twice, it joins
+        the repeat to the running step or answers it from the answers it keeps (chefs/answers.py).
+        """
         import nats.errors
 
         assert fed.nc and self._leases
+        subject = subjects.chef_run(self.options.federation, chef.id)
+        payload = encode(request)
+        limit = step.timeout_s + 60
+        deadline = time.monotonic() + limit
         self._load[chef.id] = self._load.get(chef.id, 0) + 1
-        asking = asyncio.ensure_future(fed.nc.request(
-            subjects.chef_run(self.options.federation, chef.id), encode(request),
-            timeout=step.timeout_s + 60, headers=headers()))
+        asking: set[asyncio.Future[Any]] = set()
         lost = asyncio.ensure_future(self._leases.lost(chef.id).wait())
+        sent, next_ask = 0, 0.0
         try:
-            await asyncio.wait({asking, lost}, return_when=asyncio.FIRST_COMPLETED)
-            if not asking.done():
-                return None, "lease lost"
-            try:
-                return asking.result().data, ""
-            except nats.errors.NoRespondersError:
-                self._chef_lost(chef.id, "not on NATS any more")
-                return None, "no responder"
-            except nats.errors.TimeoutError:
-                return None, f"no answer within {step.timeout_s + 60:g}s"
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    return None, f"no answer within {limit:g}s"
+                if now >= next_ask:
+                    asking.add(asyncio.ensure_future(fed.nc.request(subject, payload, timeout=deadline - now,
+                                                                    headers=headers())))
+                    sent, next_ask = sent + 1, now + REASK_S
+                came_back = asyncio.ensure_future(fed.reconnected.wait())
+                try:
+                    await asyncio.wait({*asking, lost, came_back}, timeout=min(next_ask, deadline) - now,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    came_back.cancel()
+                if came_back.done() and not came_back.cancelled():
+                    next_ask = 0.0  # back from a failover: whatever the chef answered meanwhile is lost
+                for done in [a for a in asking if a.done()]:
+                    asking.discard(done)
+                    try:
+                        return done.result().data, ""
+                    except nats.errors.NoRespondersError:
+                        if sent == 1:
+                            self._chef_lost(chef.id, "not on NATS any more")
+                            return None, "no responder"
+                        # a repeat during a failover, before the chef is back: its lease decides
+                    except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
+                        pass
+                if lost.done():
+                    return None, "lease lost"
         finally:
             self._load[chef.id] -= 1
-            for task in (asking, lost):
+            for task in (*asking, lost):
                 if not task.done():
                     task.cancel()  # a late answer from a chef whose lease expired is ignored
 

@@ -118,6 +118,9 @@ class Federation:
         self.pod: Pod | None = None
         self._chefs_kv = None
         self.dashboard = None  # the live page, when asked for; lives as long as this federation
+        # Set (and replaced by a fresh one) each time the NATS connection comes back after a failover:
+        # replies published while we were away are lost, so whoever waits for one asks again.
+        self.reconnected = asyncio.Event()
 
     async def open_dashboard(self, port: int) -> str:
         """Serve the dashboard on 127.0.0.1:port (0: any) on this connection; say where."""
@@ -165,11 +168,15 @@ class Federation:
             shutil.rmtree(run_dir, ignore_errors=True)  # a killed run's server state is not reused
             self.embedded = EmbeddedNats(run_dir / "nats")
             url = await self.embedded.start()
-        self.nc = await connect(url, f"majordomo:{self.pod_id}")
+        self.nc = await connect(url, f"majordomo:{self.pod_id}", on_reconnect=self._on_reconnect)
         self._chefs_kv = await kv_bucket(self.nc, subjects.chefs_bucket(self.federation), ttl=10.0)
         if self.embedded:
             self.local_chefs = LocalChefs(self.state_dir, url, key_path, authorized)
             await self.local_chefs.start(EMBEDDED_CHEFS)
+
+    async def _on_reconnect(self) -> None:
+        came_back, self.reconnected = self.reconnected, asyncio.Event()
+        came_back.set()
 
     async def chefs(self) -> list[ChefInfo]:
         """The chefs registered now (their registry entries expire when heartbeats stop)."""

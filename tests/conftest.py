@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +157,18 @@ def federation(nats_url: str, tmp_path: Path) -> Iterator[Federation]:
         yield Federation(nats_url, key, procs, ["chef-a", "chef-b"])
     finally:
         stop_procs(procs)
+
+
+async def srv_gather(nc: Any, subject: str, want: int) -> list[dict]:
+    """Collect replies until `want` arrive (each wait bounded, none a sleep)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(subject, b"", reply=inbox)
+    replies: list[dict] = []
+    try:
+        while len(replies) < want:
+            msg = await sub.next_msg(timeout=10)
+            replies.append(json.loads(msg.data))
+    finally:
+        await sub.unsubscribe()
+    return replies

@@ -6,22 +6,7 @@ import json
 from pathlib import Path
 
 import nats
-from conftest import ONE_STEP, majordomo, write_project
-
-
-async def _gather(nc: nats.NATS, subject: str, want: int) -> list[dict]:
-    """Collect replies until `want` arrive (each wait bounded, none a sleep)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish(subject, b"", reply=inbox)
-    replies: list[dict] = []
-    try:
-        while len(replies) < want:
-            msg = await sub.next_msg(timeout=10)
-            replies.append(json.loads(msg.data))
-    finally:
-        await sub.unsubscribe()
-    return replies
+from conftest import ONE_STEP, majordomo, srv_gather, write_project
 
 
 async def test_chefs_answer_srv_ping_info_stats(tmp_path: Path, federation) -> None:
@@ -32,16 +17,16 @@ async def test_chefs_answer_srv_ping_info_stats(tmp_path: Path, federation) -> N
 
     nc = await nats.connect(federation.url, name="test-observer")
     try:
-        pings = await _gather(nc, "$SRV.PING.computepods-chef", 2)
+        pings = await srv_gather(nc, "$SRV.PING.computepods-chef", 2)
         assert sorted(p["metadata"]["chef_id"] for p in pings) == sorted(federation.ids)
-        infos = await _gather(nc, "$SRV.INFO.computepods-chef", 2)
+        infos = await srv_gather(nc, "$SRV.INFO.computepods-chef", 2)
         for info in infos:
             subjects = {e["name"]: e["subject"] for e in info["endpoints"]}
             assert subjects["run"] == f"cp.chef.{info['metadata']['chef_id']}.run"
             assert info["metadata"]["host_key_fingerprint"].startswith("SHA256:")
             assert set(info["metadata"]["kinds"].split(",")) == {"shell", "cc"}
             assert json.loads(info["metadata"]["tools"])["sh"]  # tool identities are advertised
-        stats = {s["metadata"]["chef_id"]: s for s in await _gather(nc, "$SRV.STATS.computepods-chef", 2)}
+        stats = {s["metadata"]["chef_id"]: s for s in await srv_gather(nc, "$SRV.STATS.computepods-chef", 2)}
         run_ep = next(e for e in stats[cooked_by]["endpoints"] if e["name"] == "run")
         assert run_ep["num_requests"] == 1
         assert run_ep["data"]["steps_ok"] == 1

@@ -1,8 +1,5 @@
 """Builds across hosts: network namespaces on one machine, real nats-servers, chef processes and the
 MajorDomo CLI, each on its own host (198.18.0.N). Nothing here listens on or talks to any other address.
-
-Tests of faults whose handling is not built yet are strict xfails naming the missing piece: they turn
-into failures (XPASS) the day it lands, so the marker must then go.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from conftest import write_project
 from netns import (
     REPO,
@@ -244,9 +240,6 @@ def test_nats_node_killed_mid_build(net: Net, tmp_path: Path) -> None:
         assert made_by[step] in owners.get(subjects.kv_key(digest), []), (step, owners)
 
 
-@pytest.mark.xfail(strict=True, reason="step results travel only as core-NATS replies: one published while the "
-                                       "MajorDomo fails over to another node is lost, and majordomo/engine._run_step "
-                                       "waits timeout+60 s for it (no per-step lease, no result stream)")
 def test_step_replies_survive_nats_failover(net: Net, tmp_path: Path) -> None:
     # Node 1, which everyone uses, holds no JetStream data: only the path of step replies is under test.
     fed = _federation(net, tmp_path, cluster=True, chef_server=1, watch_server=6, without_jetstream=(1,))
@@ -273,9 +266,6 @@ def test_step_replies_survive_nats_failover(net: Net, tmp_path: Path) -> None:
     assert (project / "build/all.txt").read_text() == "0\n1\n2\n"
 
 
-@pytest.mark.xfail(strict=True, reason="clients now fail over within seconds (ping every 2 s), but a step reply "
-                                       "published during the failover is lost: results travel only as core-NATS replies "
-                                       "(as in test_step_replies_survive_nats_failover)")
 def test_nats_node_cut_off_mid_build(net: Net, tmp_path: Path) -> None:
     # Node 1, which everyone uses, loses its cable (no FIN, no RST: a partition, a power cut). It holds
     # no JetStream data, so only failover is under test: nodes 6 and 7 are there to fail over to.
