@@ -397,13 +397,13 @@ class Chef:
         if missing_tools:
             return self._result(step, ErrorCode.TOOL_MISSING,
                                 message=f"chef {self.config.id} lacks tool(s): {', '.join(missing_tools)}")
-        before = dict(self.counters)
         lacking = [i for i in step.inputs if not self.store.has(i.digest)]
         if lacking:
             await self._publish("step.pulling", step, {"files": len(lacking), "bytes": sum(i.size for i in lacking)})
-        failed = await self._pull_inputs(step.inputs, step.pods)
-        pulled = {"files_pulled": self.counters["files_pulled"] - before["files_pulled"],
-                  "bytes_pulled": self.counters["bytes_pulled"] - before["bytes_pulled"]}
+        transferred: list[InputRef] = []
+        failed = await self._pull_inputs(step.inputs, step.pods, transferred)
+        # A step is charged only for the transfers it started: one it joined is another step's.
+        pulled = {"files_pulled": len(transferred), "bytes_pulled": sum(i.size for i in transferred)}
         if failed:
             digest, reason = next(iter(failed.items()))
             path = next(i.path for i in step.inputs if i.digest == digest)
@@ -420,8 +420,10 @@ class Chef:
     def _bad_owners_of(self, step: StepRequest) -> dict[str, list[str]]:
         return {i.digest: sorted(self._bad_owners[i.digest]) for i in step.inputs if i.digest in self._bad_owners}
 
-    async def _pull_inputs(self, inputs: list[InputRef], pods: list[Pod]) -> dict[str, str]:
-        """Pull every input the store lacks, each digest at most once however many steps want it."""
+    async def _pull_inputs(self, inputs: list[InputRef], pods: list[Pod],
+                           transferred: list[InputRef] | None = None) -> dict[str, str]:
+        """Pull every input the store lacks, each digest at most once however many steps want it.
+        The inputs whose transfer this call started, and which arrived, are added to `transferred`."""
         endpoints = {p.id: p.sftp for p in pods}
         wanted: dict[str, InputRef] = {}
         for ref in inputs:
@@ -431,6 +433,7 @@ class Chef:
 
         async def one(ref: InputRef) -> None:
             task = self._inflight_pulls.get(ref.digest)
+            started = task is None
             if task is None:
                 task = asyncio.create_task(self._pull_one(ref, endpoints))
                 self._inflight_pulls[ref.digest] = task
@@ -439,6 +442,9 @@ class Chef:
                 await task
             except PullError as exc:
                 failures[ref.digest] = str(exc)
+                return
+            if started and transferred is not None:
+                transferred.append(ref)
 
         await asyncio.gather(*(one(ref) for ref in wanted.values()))
         return failures

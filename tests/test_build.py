@@ -6,7 +6,9 @@ import os
 import socket
 from pathlib import Path
 
-from conftest import UPPER_JOIN, majordomo, write_project
+from conftest import UPPER_JOIN, majordomo, start_chef, stop_procs, write_project
+
+from artefacts.keys import load_or_create_key
 
 CHAIN = UPPER_JOIN
 SOURCES = {"src/a.txt": "alpha\n", "src/b.txt": "beta\n", "src/c.txt": "gamma\n", "src/d.txt": "delta\n"}
@@ -140,3 +142,42 @@ def test_recipe_errors_name_file_and_line_and_run_nothing(tmp_path: Path) -> Non
         assert expected in run.stderr and "majordomo.toml" in run.stderr, (name, run.stderr)
         assert "Traceback" not in run.stderr
         assert not (project / ".majordomo" / "run").exists(), name
+
+
+SHARED_INPUT = """
+[[rule]]
+name = "mark"
+inputs = ["src/%.txt", "big.bin"]
+outputs = ["build/%.out"]
+command = "cat $< > $@; wc -c < big.bin >> $@"
+
+[[step]]
+name = "all"
+inputs = ["build/*.out"]
+outputs = ["build/all.txt"]
+command = "cat $^ > $@"
+"""
+
+
+def test_pulled_bytes_count_each_transfer_once(tmp_path: Path, nats_url: str) -> None:
+    """Four steps on one chef need the same input at once: it is transferred once, and the build's
+    summary says so (a step that joined another's transfer is not charged for it)."""
+    key = tmp_path / "key" / "federation"
+    key.parent.mkdir()
+    load_or_create_key(key)
+    (tmp_path / "chefs").mkdir()
+    chef = start_chef(nats_url, tmp_path / "chefs" / "solo", "solo", key, "--slots", "4")
+    try:
+        sources = {f"src/{n}.txt": f"{n}\n" for n in "abcd"}
+        project = write_project(tmp_path / "p", SHARED_INPUT, sources)
+        big = os.urandom(1 << 20)
+        (project / "big.bin").write_bytes(big)
+        run = majordomo(project, "build", "--json", "-j", "4", "--nats", nats_url, env={"MAJORDOMO_KEY": str(key)})
+        assert run.code == 0, run.stderr
+        final = (project / "build/all.txt").read_bytes()
+        assert final == b"".join(f"{n}\n{len(big)}\n".encode() for n in "abcd")
+        # In: big.bin once and the four sources. Back: the final output.
+        assert run.summary["files_pulled"] == 1 + 4 + 1, run.summary
+        assert run.summary["bytes_pulled"] == len(big) + sum(map(len, sources.values())) + len(final), run.summary
+    finally:
+        stop_procs([chef])
