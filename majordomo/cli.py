@@ -77,6 +77,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ex.add_argument("-C", dest="directory", type=Path, default=Path("."))
     ex.add_argument("-f", "--file", default="majordomo.toml")
     ex.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
+    ex.add_argument("--nats", metavar="URL", help="explain against this federation: its chefs' toolchains, "
+                    "and where each step would go now (default: as `build`)")
+    ex.add_argument("--federation", default=None, help="subject prefix of the federation (default cp)")
     for name, (module, help_text) in _HEAVY_COMMANDS.items():
         if name == command:
             __import__(module, fromlist=["add_parser"]).add_parser(sub)
@@ -332,11 +335,16 @@ def _explain(args: argparse.Namespace) -> int:
     from majordomo.state import State
 
     project = _load(args)
+    from protocol import subjects
+
+    nats_url = args.nats or _config_nats()
+    federation = args.federation or subjects.DEFAULT_FEDERATION
     state = State(project.root)
     try:
-        build = Build(project, state, BuildOptions(targets=args.targets))
+        build = Build(project, state, BuildOptions(targets=args.targets, nats_url=nats_url, federation=federation))
         try:
-            found = asyncio.run(explain(build))
+            view = asyncio.run(_federation_view(nats_url, federation)) if nats_url else None
+            found = asyncio.run(explain(build, view))
         except BuildError as exc:
             raise UserError(str(exc)) from None
     finally:
@@ -344,9 +352,25 @@ def _explain(args: argparse.Namespace) -> int:
     for item in found:
         verdict = "RUN " if item.runs else "ok  "
         print(f"{verdict} {item.step.id}: {item.reasons[0]}")
-        for reason in item.reasons[1:]:
+        for reason in (*item.reasons[1:], *item.placement):
             print(f"       {reason}")
     return EXIT_OK
+
+
+async def _federation_view(url: str, federation: str):  # type: ignore[no-untyped-def]
+    """The federation's chefs and ownership map, read (never written) for `explain`."""
+    from artefacts.natsutil import NatsUnreachable, connect
+    from majordomo.explain import FederationView
+    from majordomo.observe import owners_by_digest, read_chefs
+
+    try:
+        nc = await connect(url, "majordomo-explain")
+    except NatsUnreachable as exc:
+        raise UserError(str(exc)) from None
+    try:
+        return FederationView(await read_chefs(nc, federation), await owners_by_digest(nc, federation))
+    finally:
+        await nc.close()
 
 
 def _owners(args: argparse.Namespace) -> int:

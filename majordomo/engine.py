@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -140,6 +141,7 @@ class Build:
         self._fed_lock = asyncio.Lock()
         self._chefs: list[ChefInfo] = []
         self._load: dict[str, int] = {}
+        self._placed: dict[str, str] = {}  # step id -> its last placement decision (JSON), kept with its result
         self._jobs: asyncio.Semaphore | None = None
         self._probe = ToolProbe(state.dir / "tools.json")
         self._toolchains: dict[tuple[str, str, tuple[str, ...]], dict[str, str] | None] = {}
@@ -515,7 +517,8 @@ class Build:
                 continue
             break
         if not result.ok:
-            await self.state.run(lambda: self.state.record_failure(step.id, key, chef.id, result.log))
+            await self.state.run(lambda: self.state.record_failure(step.id, key, chef.id, result.log,
+                                                                   self._placed.get(step.id, "")))
             self._finish(StepOutcome(step, "failed", chef=chef.id, duration_s=result.duration_s,
                                      message=result.message, log=result.log))
             return False
@@ -641,7 +644,7 @@ class Build:
                 self._publish("federation.degraded", step, result.chef_id, {"error": repr(exc)})
         await self.state.run(lambda: self.state.record_result(
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log,
-            detail))
+            detail, self._placed.get(step.id, "")))
         self._note_outputs(result.outputs)
         self._latest[step.id] = (list(result.outputs), result.chef_id)
         if materialize and not await self._materialize(step, list(result.outputs), result.chef_id):
@@ -815,11 +818,10 @@ class Build:
                 found = await self._probe.identities(list(tools))
                 self._toolchains[memo] = found if len(found) == len(tools) else None
             return self._toolchains[memo]
+        from majordomo.placement import toolchain_from_chefs
+
         await self._federation()
-        for chef in sorted(self._chefs, key=lambda c: c.id):
-            if step.kind in chef.kinds and all(t in chef.tools for t in tools):
-                return {t: chef.tools[t] for t in tools}
-        return None
+        return toolchain_from_chefs(step.kind, tools, self._chefs)
 
     def _no_chef_message(self, step: Step) -> str:
         tools = step_tools(step.kind, step.command, step.tools)
@@ -834,7 +836,9 @@ class Build:
 
         inputs = [(d, self.sizes.get(p, 0)) for p, d in staged.items() if d != ABSENT]
         decision = place(step.kind, toolchain, inputs, self._chefs, self._owners(), self._load)
-        self._publish("step.placed", step, decision.chef.id if decision.chef else "", decision.as_detail())
+        chosen = decision.chef.id if decision.chef else ""
+        self._publish("step.placed", step, chosen, decision.as_detail())
+        self._placed[step.id] = json.dumps({"chef": chosen, **decision.as_detail()})
         return decision.chef
 
     async def _add_owner(self, digest: str, pod: str, size: int, path: str = "") -> None:

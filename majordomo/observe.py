@@ -93,6 +93,15 @@ async def read_chefs(nc: NATS, federation: str = subjects.DEFAULT_FEDERATION) ->
     return sorted(chefs, key=lambda c: c.id)
 
 
+async def owners_by_digest(nc: NATS, federation: str = subjects.DEFAULT_FEDERATION) -> dict[str, frozenset[str]]:
+    """The ownership map: digest -> owner pods (empty when the federation keeps none)."""
+    found: dict[str, frozenset[str]] = {}
+    for key, value in (await read_bucket(nc, subjects.owners_bucket(federation)) or {}).items():
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            found[key.replace(".", ":", 1)] = frozenset(_owner_decoder.decode(value).owners)  # kv_key, reversed
+    return found
+
+
 async def owned_bytes(nc: NATS, federation: str = subjects.DEFAULT_FEDERATION) -> dict[str, int] | None:
     """Bytes each pod owns according to the ownership bucket; None when the federation keeps none."""
     raw = await read_bucket(nc, subjects.owners_bucket(federation))

@@ -64,3 +64,12 @@ def place(
         reason = "tie on ownership and load: first by id"
     chosen = next(c for c in capable if c.id == best.chef)
     return Decision(chosen, reason, candidates)
+
+
+def toolchain_from_chefs(kind: str, tools: Sequence[str], chefs: Sequence[ChefInfo]) -> dict[str, str] | None:
+    """The tool identities a step's key uses in an external federation: those of the first chef (by
+    id) that cooks the kind and has every tool; None when no chef can."""
+    for chef in sorted(chefs, key=lambda c: c.id):
+        if kind in chef.kinds and all(t in chef.tools for t in tools):
+            return {t: chef.tools[t] for t in tools}
+    return None

@@ -21,9 +21,10 @@ import msgspec
 from protocol.messages import OutputRef
 
 T = TypeVar("T")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Migrations from each older schema to the next; the state is kept, not thrown away.
-MIGRATIONS: dict[int, str] = {1: "ALTER TABLE steps ADD COLUMN detail BLOB"}
+MIGRATIONS: dict[int, str] = {1: "ALTER TABLE steps ADD COLUMN detail BLOB",
+                               2: "ALTER TABLE logs ADD COLUMN placement TEXT"}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS stat_cache(
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS steps(
     step_id TEXT PRIMARY KEY, action_key TEXT, discovered BLOB, at REAL, detail BLOB);
 CREATE TABLE IF NOT EXISTS owners(digest TEXT, pod TEXT, size INTEGER, PRIMARY KEY(digest, pod));
 CREATE TABLE IF NOT EXISTS produced(path TEXT PRIMARY KEY, digest TEXT, step_id TEXT);
-CREATE TABLE IF NOT EXISTS logs(step_id TEXT PRIMARY KEY, action_key TEXT, ok INTEGER, chef_id TEXT, log TEXT, at REAL);
+CREATE TABLE IF NOT EXISTS logs(
+    step_id TEXT PRIMARY KEY, action_key TEXT, ok INTEGER, chef_id TEXT, log TEXT, at REAL, placement TEXT);
 CREATE TABLE IF NOT EXISTS builds(
     id TEXT PRIMARY KEY, started REAL, duration_s REAL, ok INTEGER,
     steps_run INTEGER, steps_cached INTEGER, steps_failed INTEGER);
@@ -174,6 +176,11 @@ class State:
 
     # -- writes (call through `run`, or directly when no loop is involved) ------------------------
 
+    def placement(self, step_id: str) -> str:
+        """The placement decision of the step's last run (JSON: chef, reason, candidates), or ""."""
+        row = self._db.execute("SELECT placement FROM logs WHERE step_id=?", (step_id,)).fetchone()
+        return row[0] if row and row[0] else ""
+
     def save_stat_entries(self, entries: Iterable[tuple[str, StatEntry]]) -> None:
         with self._db:
             self._db.execute("BEGIN")
@@ -189,7 +196,7 @@ class State:
 
     def record_result(
         self, step_id: str, action_key: str, outputs: list[OutputRef], discovered: list[str],
-        chef_id: str, duration_s: float, log: str, detail: KeyDetail | None = None,
+        chef_id: str, duration_s: float, log: str, detail: KeyDetail | None = None, placement: str = "",
     ) -> None:
         """One transaction: the result, the step's last key and discoveries, ownership, the log."""
         now = time.time()
@@ -208,17 +215,16 @@ class State:
             self._db.executemany(
                 "INSERT OR IGNORE INTO owners VALUES(?,?,?)", [(o.digest, chef_id, o.size) for o in outputs]
             )
-            self._db.execute(
-                "INSERT OR REPLACE INTO logs VALUES(?,?,?,?,?,?)", (step_id, action_key, 1, chef_id, log, now))
+            self._db.execute("INSERT OR REPLACE INTO logs VALUES(?,?,?,?,?,?,?)",
+                             (step_id, action_key, 1, chef_id, log, now, placement))
         if self._results is not None:
             self._results[action_key] = blob
 
-    def record_failure(self, step_id: str, action_key: str, chef_id: str, log: str) -> None:
+    def record_failure(self, step_id: str, action_key: str, chef_id: str, log: str, placement: str = "") -> None:
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT OR REPLACE INTO logs VALUES(?,?,?,?,?,?)", (step_id, action_key, 0, chef_id, log, time.time())
-            )
+            self._db.execute("INSERT OR REPLACE INTO logs VALUES(?,?,?,?,?,?,?)",
+                             (step_id, action_key, 0, chef_id, log, time.time(), placement))
 
 
     def add_owner(self, digest: str, pod: str, size: int) -> None:

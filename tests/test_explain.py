@@ -95,3 +95,23 @@ command = "cat $^ > $@"
     # The stale build/b.up is neither an input of join nor left behind: as a clean build.
     assert (project / "build/all.txt").read_text() == "A\n"
     assert not (project / "build/b.up").exists()
+
+
+def test_explain_shows_where_steps_were_and_would_be_placed(tmp_path: Path, federation) -> None:
+    project = write_project(tmp_path / "p", RECIPE, {"in.txt": "hi\n"})
+    nats = ("--nats", federation.url)
+    run = majordomo(project, "build", "--json", *nats, env=federation.env)
+    assert run.code == 0, run.stderr
+    out = majordomo(project, "explain", *nats, env=federation.env).stdout
+    # Each step's last decision, with its reason and both candidates' scores.
+    placed = {line.split()[3].rstrip(":") for line in out.splitlines() if "last placed on" in line}
+    assert placed <= set(federation.ids) and placed, out
+    assert out.count("(candidates: chef-a owns") + out.count("(candidates: chef-b owns") == 2, out
+
+    # shout.txt's maker owns it in the federation's map: when count must run again, it would go there.
+    maker = next(line.split()[3].rstrip(":") for line in out.splitlines()[1:3] if "last placed on" in line)
+    (project / "majordomo.toml").write_text(RECIPE.replace("wc -c", "wc -l"))
+    lines = majordomo(project, "explain", *nats, env=federation.env).stdout.splitlines()
+    count_at = next(i for i, line in enumerate(lines) if line.startswith("RUN  count: command changed"))
+    would = next(line for line in lines[count_at:] if "would go to" in line)
+    assert f"would go to {maker}: owns the most input bytes (3)" in would, lines
