@@ -31,3 +31,27 @@ def test_a_result_is_recorded_whole_even_before_any_lookup(tmp_path: Path) -> No
         assert log is not None and (log[0], log[2]) == ("log text", "chef-a")
     finally:
         again.close()
+
+
+def test_an_older_state_is_migrated_in_place_not_discarded(tmp_path: Path) -> None:
+    """A schema-2 database (before placements were kept) opens, keeps its rows, and takes new ones."""
+    import sqlite3
+
+    from majordomo.state import SCHEMA
+
+    (tmp_path / ".majordomo").mkdir()
+    db = sqlite3.connect(tmp_path / ".majordomo" / "state.db")
+    db.executescript(SCHEMA.replace(", at REAL, placement TEXT);", ", at REAL);"))
+    db.execute("INSERT INTO meta VALUES('schema', '2')")
+    db.execute("INSERT INTO logs VALUES('old', 'k0', 1, 'chef-z', 'old log', 1.0)")
+    db.commit()
+    db.close()
+
+    state = State(tmp_path)
+    try:
+        assert state.step_log("old") == ("old log", True, "chef-z", 1.0)
+        assert state.placement("old") == ""
+        state.record_result("copy", "key-1", [OUT], [], "chef-a", 0.5, "log", DETAIL, '{"chef": "chef-a"}')
+        assert state.placement("copy") == '{"chef": "chef-a"}'
+    finally:
+        state.close()
