@@ -16,6 +16,8 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
+from artefacts.lifeline import die_with_parent
+
 CONNECT_DEADLINE_S = 3.0
 T = TypeVar("T")
 # A KV operation may time out while a NATS cluster elects a new stream leader (a node died):
@@ -113,9 +115,11 @@ _READY_RE = re.compile(rb"Server is ready")
 class EmbeddedNats:
     """A private nats-server with JetStream on free loopback ports, for the embedded federation."""
 
-    def __init__(self, state_dir: Path, *, server_name: str = "majordomo-embedded") -> None:
+    def __init__(self, state_dir: Path, *, server_name: str = "majordomo-embedded",
+                 tied_to_parent: bool = False) -> None:
         self.state_dir = state_dir
         self.server_name = server_name
+        self.tied_to_parent = tied_to_parent  # the server dies with us, even if we are SIGKILLed
         self.url = ""
         self.monitor_url = ""
         self._proc: asyncio.subprocess.Process | None = None
@@ -133,6 +137,7 @@ class EmbeddedNats:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it in order
+            preexec_fn=die_with_parent() if self.tied_to_parent else None,
         )
         try:
             await asyncio.wait_for(self._read_until_ready(), timeout_s)
@@ -141,6 +146,10 @@ class EmbeddedNats:
             raise
         self._log_task = asyncio.create_task(self._drain_log())
         return self.url
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
 
     async def _read_until_ready(self) -> None:
         assert self._proc and self._proc.stderr

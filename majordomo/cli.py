@@ -90,6 +90,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ow.add_argument("-C", dest="directory", type=Path, default=Path("."))
     ow.add_argument("--nats", default=None, help="ask the federation's ownership map (default: this project's)")
     ow.add_argument("--federation", default=None)
+    st = sub.add_parser("stop", help="stop this project's resident embedded federation (NATS and local chefs)")
+    st.add_argument("-C", dest="directory", type=Path, default=Path("."))
     lg = sub.add_parser("log", help="show the stored output of a step's last run")
     lg.add_argument("step", help="step id, e.g. compile[main]")
     lg.add_argument("-C", dest="directory", type=Path, default=Path("."))
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             return _watch(args)
         if args.command == "owners":
             return _owners(args)
+        if args.command == "stop":
+            return _stop(args)
     except UserError as exc:
         print(f"majordomo: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -371,6 +375,19 @@ async def _federation_view(url: str, federation: str):  # type: ignore[no-untype
         return FederationView(await read_chefs(nc, federation), await owners_by_digest(nc, federation))
     finally:
         await nc.close()
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from majordomo.resident import stop_resident
+
+    state_dir = args.directory.resolve() / ".majordomo"
+    try:
+        stopped = state_dir.is_dir() and stop_resident(state_dir)
+    except TimeoutError as exc:
+        raise UserError(f"could not stop the resident federation: {exc}") from None
+    print("majordomo: resident federation stopped" if stopped else "majordomo: no resident federation runs here",
+          file=sys.stderr)
+    return EXIT_OK
 
 
 def _owners(args: argparse.Namespace) -> int:

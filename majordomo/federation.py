@@ -17,10 +17,12 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from artefacts.keys import load_or_create_key, public_key_line
-from artefacts.natsutil import EmbeddedNats, connect, kv_bucket, kv_keys, local_address_towards
+from artefacts.lifeline import die_with_parent
+from artefacts.natsutil import EmbeddedNats, NatsUnreachable, connect, kv_bucket, kv_keys, local_address_towards
 from artefacts.sftp_client import Puller
 from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
+from majordomo.resident import idle_seconds, join_or_start, stop_resident
 from protocol import subjects
 from protocol.kinds import KNOWN_KINDS
 from protocol.messages import ChefInfo, Pod, SftpEndpoint, decoder
@@ -37,7 +39,9 @@ class FederationError(Exception):
 class LocalChefs:
     """Chef processes the embedded federation starts on this machine, and stops afterwards."""
 
-    def __init__(self, state_dir: Path, nats_url: str, key: Path, authorized: Path) -> None:
+    def __init__(self, state_dir: Path, nats_url: str, key: Path, authorized: Path, *,
+                 tied_to_parent: bool = False) -> None:
+        self.tied_to_parent = tied_to_parent  # the chefs die with us, even if we are SIGKILLed
         self.state_dir = state_dir
         self.nats_url = nats_url
         self.key = key
@@ -60,6 +64,7 @@ class LocalChefs:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
                 start_new_session=True,  # Ctrl-C reaches only us; we stop the chefs in order
+                preexec_fn=die_with_parent() if self.tied_to_parent else None,
             )
             log.close()
             self.procs.append(proc)
@@ -70,6 +75,10 @@ class LocalChefs:
             raise FederationError(f"local chefs did not start within {CHEF_START_TIMEOUT_S:g}s; "
                                   f"see {self.state_dir / 'chefs'}/*/chef.log") from None
         return ids
+
+    @property
+    def running(self) -> bool:
+        return bool(self.procs) and all(p.returncode is None for p in self.procs)
 
     async def _ready(self, proc: asyncio.subprocess.Process, chef_id: str) -> None:
         assert proc.stdout
@@ -101,8 +110,12 @@ class Federation:
     def __init__(self, project_root: Path, pod_id: str, nats_url: str | None,
                  federation: str = subjects.DEFAULT_FEDERATION,
                  resolve: Callable[[str], Path | None] | None = None,
-                 sftp_listen: tuple[str, int] = ("127.0.0.1", 0), advertise_host: str = "") -> None:
+                 sftp_listen: tuple[str, int] = ("127.0.0.1", 0), advertise_host: str = "",
+                 resident: bool = True) -> None:
         self.root = project_root
+        # Builds join the project's resident embedded federation; a watch session, which keeps its
+        # own up for its whole life anyway, starts a private one and leaves no process behind.
+        self.resident = resident
         self.state_dir = project_root / ".majordomo"
         self.pod_id = pod_id
         self.nats_url = nats_url
@@ -137,14 +150,9 @@ class Federation:
         return self.nats_url is None
 
     async def start(self) -> None:
-        keys = self.state_dir / "keys"
-        keys.mkdir(parents=True, exist_ok=True)
-        # All pods of a federation pull with one federation key; an operator hands it out
-        # (MAJORDOMO_KEY), the embedded federation makes its own.
-        key_path = Path(os.environ.get("MAJORDOMO_KEY") or keys / "federation")
+        key_path, authorized = await embedded_keys(self.state_dir)
         fed_key = await asyncio.to_thread(load_or_create_key, key_path)
-        host_key = await asyncio.to_thread(load_or_create_key, keys / "host")
-        authorized = key_path.with_name(key_path.name + ".pub")
+        host_key = await asyncio.to_thread(load_or_create_key, self.state_dir / "keys" / "host")
         extra = os.environ.get("MAJORDOMO_AUTHORIZED_KEYS")
         lines = [public_key_line(fed_key)]
         if extra and Path(extra).exists():
@@ -163,16 +171,38 @@ class Federation:
         # Final outputs are fetched straight into the workspace; the store only holds temp files.
         self.puller = Puller(fed_key, Store(self.state_dir / "store"))
         url = self.nats_url
-        if url is None:
-            run_dir = self.state_dir / "run"
-            shutil.rmtree(run_dir, ignore_errors=True)  # a killed run's server state is not reused
-            self.embedded = EmbeddedNats(run_dir / "nats")
-            url = await self.embedded.start()
-        self.nc = await connect(url, f"majordomo:{self.pod_id}", on_reconnect=self._on_reconnect)
+        idle_s = idle_seconds() if self.resident else 0.0
+        if url is None and idle_s > 0:
+            self.nc = await self._join_resident(str(key_path), idle_s)
+        else:
+            if url is None:
+                # One set of local chefs per project: their stores are its .majordomo/chefs/.
+                await asyncio.to_thread(stop_resident, self.state_dir)
+                run_dir = self.state_dir / "run"
+                shutil.rmtree(run_dir, ignore_errors=True)  # a killed run's server state is not reused
+                self.embedded = EmbeddedNats(run_dir / "nats")
+                url = await self.embedded.start()
+            self.nc = await connect(url, f"majordomo:{self.pod_id}", on_reconnect=self._on_reconnect)
         self._chefs_kv = await kv_bucket(self.nc, subjects.chefs_bucket(self.federation), ttl=10.0)
         if self.embedded:
             self.local_chefs = LocalChefs(self.state_dir, url, key_path, authorized)
             await self.local_chefs.start(EMBEDDED_CHEFS)
+
+    async def _join_resident(self, key: str, idle_s: float) -> NATS:
+        """Join the project's resident federation, starting it if none runs with our code and key;
+        one that does not answer is stopped and started afresh, once."""
+        for last_try in (False, True):
+            try:
+                url = await asyncio.to_thread(join_or_start, self.state_dir, key, idle_s)
+            except (TimeoutError, RuntimeError) as exc:
+                raise FederationError(str(exc)) from None
+            try:
+                return await connect(url, f"majordomo:{self.pod_id}", on_reconnect=self._on_reconnect)
+            except NatsUnreachable:
+                if last_try:
+                    raise
+                await asyncio.to_thread(stop_resident, self.state_dir)
+        raise AssertionError("unreachable")
 
     async def _on_reconnect(self) -> None:
         came_back, self.reconnected = self.reconnected, asyncio.Event()
@@ -210,6 +240,16 @@ class Federation:
         self.local_chefs = self.nc = self.embedded = self.puller = self.sftp = None
         self.pod = None
         self._chefs_kv = None
+
+
+async def embedded_keys(state_dir: Path) -> tuple[Path, Path]:
+    """The federation key (and its .pub, which chefs authorize): MAJORDOMO_KEY, which an operator
+    hands out to every pod, or the project's own for the embedded federation."""
+    keys = state_dir / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    key_path = Path(os.environ.get("MAJORDOMO_KEY") or keys / "federation")
+    await asyncio.to_thread(load_or_create_key, key_path)
+    return key_path, key_path.with_name(key_path.name + ".pub")
 
 
 def endpoint_of(chef: ChefInfo) -> SftpEndpoint:

@@ -78,7 +78,7 @@ async def watch(
     bopts = options.build
     # One federation for the whole watch, started by the first build that needs it.
     fed = Federation(root, "", bopts.nats_url, bopts.federation,
-                     sftp_listen=bopts.sftp_listen, advertise_host=bopts.advertise_host)
+                     sftp_listen=bopts.sftp_listen, advertise_host=bopts.advertise_host, resident=False)
     stop = stop or asyncio.Event()
     output_filter = OutputFilter(root)
     output_filter.refresh(state.load_produced())

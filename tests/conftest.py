@@ -76,6 +76,17 @@ def majordomo(project: Path, *args: str, env: dict[str, str] | None = None, time
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
+@pytest.fixture(autouse=True)
+def stop_resident_federations(tmp_path: Path) -> Iterator[None]:
+    """Every test leaves no resident federation behind: builds keep the embedded one up between
+    runs (majordomo/resident.py), which is what tests exercise; afterwards it is stopped."""
+    yield
+    from majordomo.resident import stop_resident
+
+    for info in tmp_path.rglob(".majordomo/resident.lock"):
+        stop_resident(info.parent)
+
+
 def write_project(root: Path, recipe: str, files: dict[str, str]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "majordomo.toml").write_text(textwrap.dedent(recipe))

@@ -1,0 +1,24 @@
+"""Children that must not outlive their parent: the kernel signals them when it dies (Linux)."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+from collections.abc import Callable
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn making the child get SIGTERM when its parent dies, even by SIGKILL; None where
+    prctl is not available (the parent's orderly stop still ends the child there)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+    return arm

@@ -1,0 +1,262 @@
+"""The resident embedded federation: a nats-server and the local chefs that outlive one build.
+
+Starting the embedded federation (a nats-server, two Python chef processes) costs about half a
+second, which is most of an edit-build cycle of a small project. So, like the servers of Bazel or
+Gradle, it stays up after a build, owned by a small supervisor process (`python -m
+majordomo.resident`), and the next build in the project joins it. The supervisor stops everything
+once no MajorDomo has been connected for `idle_s` (it asks the server's /connz), when the
+project's state directory goes away, when one of its processes dies (the next build starts a
+fresh one), on SIGTERM (`majordomo stop`), or when the code it runs is not the code of the build
+asking for it (an upgrade, an edit of this repository).
+
+Files, in `.majordomo/`: `resident.json` (url, pid, fingerprint; written once everything is up,
+removed on the way down) and `resident.lock` (held by the supervisor for its whole life, and by a
+build while it starts one, so two builds never start two).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from artefacts.natsutil import EmbeddedNats
+
+if TYPE_CHECKING:
+    from majordomo.federation import LocalChefs
+
+READY = "resident-ready"
+DEFAULT_IDLE_S = 600.0
+CHECK_S = 2.0
+STOP_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 40.0
+_PACKAGES = ("artefacts", "chefs", "majordomo", "protocol")
+
+
+def idle_seconds() -> float:
+    """MAJORDOMO_RESIDENT: 0 stops the embedded federation with each build; N keeps it N s idle."""
+    raw = os.environ.get("MAJORDOMO_RESIDENT", "")
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_IDLE_S
+    except ValueError:
+        return DEFAULT_IDLE_S
+
+
+def fingerprint() -> str:
+    """Which code a federation runs: the interpreter and every module's size and mtime. A build
+    never joins chefs that run other code than its own."""
+    root = Path(__file__).resolve().parent.parent
+    parts = [sys.executable]
+    for package in _PACKAGES:
+        with contextlib.suppress(OSError):
+            for entry in sorted(os.scandir(root / package), key=lambda e: e.name):
+                if entry.name.endswith(".py"):
+                    st = entry.stat()
+                    parts.append(f"{package}/{entry.name}:{st.st_size}:{st.st_mtime_ns}")
+    import hashlib
+
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def info_path(state_dir: Path) -> Path:
+    return state_dir / "resident.json"
+
+
+def read_info(state_dir: Path) -> dict | None:
+    try:
+        info = json.loads(info_path(state_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and {"url", "pid", "fingerprint"} <= info.keys() else None
+
+
+@contextlib.contextmanager
+def start_lock(state_dir: Path, timeout_s: float):  # type: ignore[no-untyped-def]
+    """Exclusive use of the project's resident slot: a supervisor holds it for its life, a build
+    while it starts one. Waits (bounded) for a supervisor that is shutting down."""
+    fd = os.open(state_dir / "resident.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{state_dir / 'resident.lock'} is held") from None
+                time.sleep(0.05)  # a lock has no event to wait on; bounded by the deadline
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def lock_is_held(state_dir: Path) -> bool:
+    try:
+        fd = os.open(state_dir / "resident.lock", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def stop_resident(state_dir: Path, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Ask the project's supervisor to stop, and wait until it has let go of everything."""
+    info = read_info(state_dir)
+    if info is None and not lock_is_held(state_dir):
+        return False
+    if info is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(info["pid"]), signal.SIGTERM)
+    with start_lock(state_dir, timeout_s):  # released when the supervisor has exited
+        info_path(state_dir).unlink(missing_ok=True)
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _spawn(state_dir: Path, lock_fd: int, idle_s: float) -> str:
+    """Start the supervisor, detached (its own session, not killed with us), and wait for its ready line."""
+    import subprocess
+
+    log = open(state_dir / "resident.log", "ab")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "majordomo.resident", "--state-dir", str(state_dir), "--idle", str(idle_s),
+             "--lock-fd", str(lock_fd)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, pass_fds=(lock_fd,),
+            start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    finally:
+        log.close()
+    assert proc.stdout
+    line = proc.stdout.readline().decode(errors="replace").strip()  # bounded: the supervisor's own start-up
+    proc.stdout.close()
+    if not line.startswith(READY):
+        proc.wait(STOP_TIMEOUT_S)
+        tail = (state_dir / "resident.log").read_text(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError("the embedded federation did not start: " + " ".join(tail))
+    return line.split()[1]
+
+
+def join_or_start(state_dir: Path, key: str, idle_s: float) -> str:
+    """The URL of the project's resident federation, started now if none runs with our code and key.
+
+    Blocking (locks, a child's start-up): call it in a thread."""
+    wanted = fingerprint()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        info = read_info(state_dir)
+        held = lock_is_held(state_dir)
+        if info is not None and held and _pid_alive(int(info["pid"])):
+            if info["fingerprint"] == wanted and info.get("key") == key:
+                return str(info["url"])
+            stop_resident(state_dir)  # other code or another key: it must not cook our steps
+            continue
+        if info is not None and not held:
+            info_path(state_dir).unlink(missing_ok=True)  # its supervisor died without cleaning up
+        fd = os.open(state_dir / "resident.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                time.sleep(0.05)  # another build is starting one: join it once it is ready
+                continue
+            return _spawn(state_dir, fd, idle_s)
+        finally:
+            os.close(fd)  # the supervisor keeps its own descriptor, and with it the lock
+    raise TimeoutError(f"no resident federation became ready within {START_TIMEOUT_S:g}s; "
+                       f"see {state_dir / 'resident.log'}")
+
+
+# -- the supervisor ---------------------------------------------------------------------------------
+
+def _majordomo_connected(monitor_url: str) -> bool:
+    """Whether any MajorDomo (a build, a watch) holds a connection to the server now."""
+    with urllib.request.urlopen(f"{monitor_url}/connz?limit=1024", timeout=5) as reply:
+        conns = json.load(reply).get("connections") or []
+    return any(str(c.get("name", "")).startswith("majordomo:") for c in conns)
+
+
+async def supervise(state_dir: Path, idle_s: float) -> int:
+    from majordomo.federation import EMBEDDED_CHEFS, LocalChefs, embedded_keys
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, stopping.set)
+    run_dir = state_dir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a killed run's server state is not reused
+    server = EmbeddedNats(run_dir / "nats", tied_to_parent=True)
+    chefs: LocalChefs | None = None
+    try:
+        url = await server.start()
+        key_path, authorized = await embedded_keys(state_dir)
+        chefs = LocalChefs(state_dir, url, key_path, authorized, tied_to_parent=True)
+        await chefs.start(EMBEDDED_CHEFS)
+        info = {"url": url, "pid": os.getpid(), "fingerprint": fingerprint(), "idle_s": idle_s, "key": str(key_path)}
+        tmp = info_path(state_dir).with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, info_path(state_dir))
+        print(f"{READY} {url}", flush=True)
+        await _watch(state_dir, server, chefs, idle_s, stopping)
+        return 0
+    finally:
+        info_path(state_dir).unlink(missing_ok=True)
+        if chefs:
+            await chefs.stop()
+        await server.stop()
+
+
+async def _watch(state_dir: Path, server: EmbeddedNats, chefs: LocalChefs, idle_s: float,
+                 stopping: asyncio.Event) -> None:
+    """Until told to stop: every CHECK_S, stop if idle too long, abandoned, or a process died."""
+    last_used = time.monotonic()
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), CHECK_S)  # a periodic check, or the stop signal
+        if not info_path(state_dir).exists() or not server.running or not chefs.running:
+            return
+        try:
+            if await asyncio.to_thread(_majordomo_connected, server.monitor_url):
+                last_used = time.monotonic()
+        except OSError:
+            return  # the server does not answer its monitor: nothing to keep
+        if time.monotonic() - last_used > idle_s:
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m majordomo.resident")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--idle", type=float, default=DEFAULT_IDLE_S)
+    parser.add_argument("--lock-fd", type=int, required=True,
+                        help="the resident.lock descriptor, locked by the build that starts us; held for life")
+    args = parser.parse_args(argv)
+    os.set_inheritable(args.lock_fd, False)  # ours alone: the server and chefs must not keep the slot
+    return asyncio.run(supervise(args.state_dir, args.idle))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

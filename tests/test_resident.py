@@ -1,0 +1,132 @@
+"""The embedded federation stays up between builds, and never lingers or leaks processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, UPPER_JOIN, majordomo, write_project
+
+from artefacts.keys import load_or_create_key
+
+SOURCES = {"src/a.txt": "alpha\n", "src/b.txt": "beta\n"}
+GONE_S = 30.0  # bound on a process ending once told to (or once its parent died)
+
+
+def _resident(project: Path) -> dict:
+    return json.loads((project / ".majordomo" / "resident.json").read_text())
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids: list[int]) -> list[int]:
+    """Processes still alive after GONE_S (polling /proc: an exit of a non-child has no event)."""
+    deadline = time.monotonic() + GONE_S
+    while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+def test_builds_join_the_resident_federation_and_stop_ends_it(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    first = majordomo(project, "build", "--json")
+    assert first.code == 0, first.stderr
+    resident = _resident(project)
+    processes = [resident["pid"], *_children_of(resident["pid"])]
+    assert len(processes) == 4, processes  # the supervisor, a nats-server and two chefs
+
+    (project / "src/a.txt").write_text("apple\n")
+    second = majordomo(project, "build", "--json")
+    assert second.code == 0 and second.summary["steps_run"] == 2, second.stderr
+    assert (project / "build/all.txt").read_text() == "APPLE\nBETA\n"
+    assert _resident(project)["pid"] == resident["pid"]  # joined, not started again
+    assert [p for p in processes if _alive(p)] == processes
+
+    stop = majordomo(project, "stop")
+    assert stop.code == 0 and "stopped" in stop.stderr
+    assert _wait_gone(processes) == []
+    assert not (project / ".majordomo" / "resident.json").exists()
+
+
+def test_an_idle_federation_stops_itself(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    run = majordomo(project, "build", env={"MAJORDOMO_RESIDENT": "1"})
+    assert run.code == 0, run.stderr
+    resident = _resident(project)
+    processes = [resident["pid"], *_children_of(resident["pid"])]
+    assert _wait_gone(processes) == []
+    assert not (project / ".majordomo" / "resident.json").exists()
+
+
+def test_a_killed_supervisor_takes_its_processes_along_and_the_next_build_starts_afresh(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    assert majordomo(project, "build").code == 0
+    resident = _resident(project)
+    children = _children_of(resident["pid"])
+    os.kill(resident["pid"], signal.SIGKILL)
+    assert _wait_gone([resident["pid"], *children]) == []  # the kernel tells them their parent died
+
+    (project / "src/b.txt").write_text("bravo\n")
+    run = majordomo(project, "build", "--json")
+    assert run.code == 0 and run.summary["steps_run"] == 2, run.stderr
+    assert _resident(project)["pid"] != resident["pid"]
+    assert (project / "build/all.txt").read_text() == "ALPHA\nBRAVO\n"
+
+
+def test_a_build_with_another_key_does_not_join(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    assert majordomo(project, "build").code == 0
+    first = _resident(project)
+    other = tmp_path / "other-key"
+    load_or_create_key(other)
+    (project / "src/a.txt").write_text("apple\n")
+    run = majordomo(project, "build", "--json", env={"MAJORDOMO_KEY": str(other)})
+    assert run.code == 0 and run.summary["steps_run"] == 2, run.stderr
+    again = _resident(project)
+    assert again["pid"] != first["pid"] and again["key"] == str(other)
+    assert _wait_gone([first["pid"]]) == []
+
+
+def test_watch_runs_its_own_federation_and_leaves_nothing(tmp_path: Path) -> None:
+    """A watch session's federation is private: it stops a resident one rather than share the
+    chefs' stores with it, and its Ctrl-C leaves no process (tests/test_watch.py checks that)."""
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    assert majordomo(project, "build").code == 0
+    supervisor = _resident(project)["pid"]
+    (project / "src/a.txt").write_text("apple\n")  # so that the watch's first build has a step to run
+    proc = subprocess.Popen([sys.executable, "-m", "majordomo.cli", "watch", "-C", str(project)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        assert proc.stdout
+        for line in proc.stdout:  # the first build's summary: an event, not a sleep
+            if "build ok" in line:
+                break
+        assert _wait_gone([supervisor]) == []
+        assert not (project / ".majordomo" / "resident.json").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
