@@ -37,7 +37,7 @@ from artefacts.samehost import (
 from artefacts.sftp_server import COMPRESSION_ALGS, ENCRYPTION_ALGS, MAX_PKTSIZE, WINDOW
 from artefacts.store import LINK_FALLBACK_ERRNOS, Store
 from protocol.digests import parse_digest, store_relpath
-from protocol.messages import LocalAccess, SftpEndpoint
+from protocol.messages import LAYOUT_STORE, LocalAccess, SftpEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +436,8 @@ class Puller:
     async def _take_local(self, digest: str, size: int, access: LocalAccess, hint: str) -> Pulled | None:
         """Put an owner's file into our store without the network; None (counted) when that did not work."""
         try:
-            if self._link and access.linkable:
+            # Only store entries are ever linked: a workspace file stays the user's (chmod, edits in place).
+            if self._link and access.linkable and access.layout == LAYOUT_STORE:
                 path = await asyncio.to_thread(self._link_into_store, access, digest, size)
                 if path is not None:
                     self.files_linked += 1
