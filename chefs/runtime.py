@@ -272,6 +272,7 @@ class Chef:
         self.counters["steps_ok" if result.ok else "steps_failed"] += 1
         self.metrics.step_finished("ok" if result.ok else str(result.code), result.duration_s)
         self.metrics.bytes_pulled = self.counters["bytes_pulled"]
+        self.metrics.bytes_local = self.counters["bytes_local"]
         await self._publish("step.done" if result.ok else "step.failed", step, {
             "code": str(result.code), "duration_s": round(result.duration_s, 4),
             "outputs": [o.path for o in result.outputs], "message": result.message,

@@ -182,6 +182,7 @@ class Build:
         self.report.ok = self.report.steps_failed == 0 and self.report.steps_skipped == 0
         if self.metrics:
             self.metrics.bytes_pulled += self.report.bytes_pulled
+            self.metrics.bytes_local += self.report.bytes_local
         await self.state.run(lambda: self.state.record_build(
             self.build_id, time.time() - self.report.duration_s, self.report.duration_s, self.report.ok,
             self.report.steps_run, self.report.steps_cached, self.report.steps_failed))
