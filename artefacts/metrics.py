@@ -27,6 +27,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "computepods_step_duration_seconds": ("histogram", "Wall time of steps, pulling inputs included."),
     "computepods_bytes_pulled_total": ("counter", "Artefact bytes pulled from other pods over SFTP."),
     "computepods_bytes_served_total": ("counter", "Artefact bytes served to other pods over SFTP."),
+    "computepods_bytes_local_total": ("counter", "Artefact bytes taken from same-host pods' files, no network."),
     "computepods_store_bytes": ("gauge", "Bytes held in this pod's content store."),
     "computepods_lease_losses_total": ("counter", "Times this pod lost a lease it held."),
 }

@@ -3,6 +3,10 @@
 A `Puller` keeps one SSH connection per endpoint, pins each server's host key to the one its endpoint
 advertises, reads with large blocks and many requests in flight, hashes while it receives, and commits to
 the store only bytes whose size and digest match. Concurrent pulls of one digest share one transfer.
+
+Same-host shortcut (`artefacts.samehost`): an owner whose endpoint advertises our host identity is read
+from the filesystem first: its store entries are hardlinked, other files copied and verified like an SFTP
+receipt. Any failure there falls back to SFTP. Off with `same_host=False` or CP_SAME_HOST=0.
 """
 
 from __future__ import annotations
@@ -16,18 +20,24 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import asyncssh
 
 from artefacts.hashing import StreamHasher
 from artefacts.keys import fingerprint, known_hosts_for
+from artefacts.samehost import (
+    LocalMismatch,
+    copy_verified,
+    enabled_by_env,
+    host_identity,
+    link_entry,
+    local_path,
+)
 from artefacts.sftp_server import COMPRESSION_ALGS, ENCRYPTION_ALGS, MAX_PKTSIZE, WINDOW
+from artefacts.store import LINK_FALLBACK_ERRNOS, Store
 from protocol.digests import parse_digest, store_relpath
-from protocol.messages import SftpEndpoint
-
-if TYPE_CHECKING:
-    from artefacts.store import Store
+from protocol.messages import LAYOUT_STORE, LocalAccess, SftpEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,17 @@ DEFAULT_TRANSFERS = 8  # transfers at once per Puller; bounds memory (each holds
 CONNECT_TIMEOUT = 5.0  # TCP connect + SSH handshake + auth, per attempt
 IO_TIMEOUT = 30.0  # longest wait for the next block before the owner counts as stalled
 _WRITE_HIGH_WATER = 16 * 1024 * 1024  # received bytes waiting for the disk before we stop reading
+
+# How a pull was satisfied.
+VIA_HELD = "held"  # the store had it already
+VIA_SFTP = "sftp"
+VIA_LINK = "link"  # hardlinked from a same-host owner's store
+VIA_COPY = "copy"  # copied from a same-host owner's file, verified
+
+
+class Pulled(NamedTuple):
+    path: Path
+    via: str
 
 
 class PullFailure(Exception):
@@ -196,14 +217,17 @@ class Puller:
     """Pulls artefacts into `store` from owners' artefact servers, authenticating with `client_key`.
 
     `parallel` is the number of read requests kept in flight per transfer, `block_size` their size, and
-    `transfers` how many files are transferred at once (further pulls wait their turn).
+    `transfers` how many files are transferred at once (further pulls wait their turn). `same_host` turns the
+    same-host shortcut on or off (default: on unless CP_SAME_HOST=0); `link=False` copies even linkable
+    entries (for a pod whose steps could write through a shared inode).
     """
 
     def __init__(self, client_key: asyncssh.SSHKey, store: Store, *, parallel: int = DEFAULT_PARALLEL,
                  block_size: int = DEFAULT_BLOCK_SIZE, transfers: int = DEFAULT_TRANSFERS,
                  connect_timeout: float = CONNECT_TIMEOUT,
                  io_timeout: float = IO_TIMEOUT, encryption_algs: Sequence[str] | None = None,
-                 window: int = WINDOW, max_pktsize: int = MAX_PKTSIZE) -> None:
+                 window: int = WINDOW, max_pktsize: int = MAX_PKTSIZE, same_host: bool | None = None,
+                 link: bool = True) -> None:
         if parallel < 1 or block_size < 1 or transfers < 1:
             raise ValueError("parallel, block_size and transfers must be positive")
         self._key = client_key
@@ -218,11 +242,19 @@ class Puller:
         self._max_pktsize = max_pktsize
         self._conns: dict[tuple[str, int, str], asyncio.Task[tuple[asyncssh.SSHClientConnection,
                                                                    asyncssh.SFTPClient]]] = {}
-        self._inflight: dict[str, tuple[SftpEndpoint, asyncio.Task[Path]]] = {}
+        self._inflight: dict[str, tuple[SftpEndpoint, asyncio.Task[Pulled]]] = {}
         self._closed = False
-        self.files_pulled = 0  # verified transfers committed to the store (or fetched to a workspace)
+        self._host = host_identity() if (enabled_by_env() if same_host is None else same_host) else ""
+        self._link = link
+        self.files_pulled = 0  # verified SFTP transfers committed to the store (or fetched to a workspace)
         self.bytes_pulled = 0
         self.mismatches = 0  # transfers refused because the bytes did not match their digest
+        # The same-host shortcut, counted apart: these bytes never crossed a network.
+        self.files_linked = 0
+        self.bytes_linked = 0
+        self.files_copied = 0
+        self.bytes_copied = 0
+        self.local_fallbacks = 0  # same-host attempts that gave up (missing, changed, unlinkable): SFTP next
 
     # ---- connections -------------------------------------------------------------------------------
 
@@ -331,10 +363,18 @@ class Puller:
                     await sink.feed(offset, data)
                     deadline.reschedule(loop.time() + self._io_timeout)
 
-    async def _transfer_to_store(self, digest: str, size: int, ep: SftpEndpoint) -> Path:
+    async def _transfer_to_store(self, digest: str, size: int, ep: SftpEndpoint, hint: str) -> Pulled:
         store = self._store
         if await asyncio.to_thread(store.has, digest):  # landed while we queued (another pull, another Puller)
-            return store.path_for(digest)
+            return Pulled(store.path_for(digest), VIA_HELD)
+        if ep.local is not None and self.is_local(ep):
+            taken = await self._take_local(digest, size, ep.local, hint)
+            if taken is not None:
+                return taken
+        return Pulled(await self._sftp_to_store(digest, size, ep), VIA_SFTP)
+
+    async def _sftp_to_store(self, digest: str, size: int, ep: SftpEndpoint) -> Path:
+        store = self._store
         temp = Path(await asyncio.to_thread(store.new_temp))
         committed = False
         try:
@@ -354,7 +394,7 @@ class Puller:
         return path
 
     async def _coalesced(self, digest: str, ep: SftpEndpoint,
-                         start: Callable[[], Awaitable[Path]]) -> Path:
+                         start: Callable[[], Awaitable[Pulled]]) -> Pulled:
         """Run `start` unless a transfer of `digest` is already under way; then share its result.
 
         If the shared transfer was from another owner and failed, try our own owner rather than report
@@ -363,7 +403,7 @@ class Puller:
         for _ in range(8):  # bounded: each round waits for a whole transfer
             current = self._inflight.get(digest)
             if current is None:
-                task: asyncio.Task[Path] = asyncio.ensure_future(start())
+                task: asyncio.Task[Pulled] = asyncio.ensure_future(start())
                 self._inflight[digest] = (ep, task)
                 task.add_done_callback(lambda t, d=digest: self._forget(d, t))
                 # shield: one caller being cancelled must not cancel the transfer the others wait for
@@ -376,38 +416,129 @@ class Puller:
                     raise
         raise PullFailure(f"pull of {digest} kept being superseded")
 
-    def _forget(self, digest: str, task: asyncio.Task[Path]) -> None:
+    def _forget(self, digest: str, task: asyncio.Task[Pulled]) -> None:
         current = self._inflight.get(digest)
         if current is not None and current[1] is task:
             del self._inflight[digest]
         if not task.cancelled():
             task.exception()  # mark retrieved: failures are reported to the waiters, not as "never retrieved"
 
+    # ---- same host ---------------------------------------------------------------------------------
+
+    def is_local(self, ep: SftpEndpoint) -> bool:
+        """True when `ep`'s owner is on our host (and the shortcut is on): try its files before SFTP."""
+        return bool(self._host) and ep.local is not None and ep.local.host == self._host
+
+    def prefer_local(self, endpoints: Sequence[SftpEndpoint]) -> list[SftpEndpoint]:
+        """Same-host owners first (no network), otherwise in the order given."""
+        return sorted(endpoints, key=lambda ep: not self.is_local(ep))
+
+    async def _take_local(self, digest: str, size: int, access: LocalAccess, hint: str) -> Pulled | None:
+        """Put an owner's file into our store without the network; None (counted) when that did not work."""
+        try:
+            # Only store entries are ever linked: a workspace file stays the user's (chmod, edits in place).
+            if self._link and access.linkable and access.layout == LAYOUT_STORE:
+                path = await asyncio.to_thread(self._link_into_store, access, digest, size)
+                if path is not None:
+                    self.files_linked += 1
+                    self.bytes_linked += size
+                    return Pulled(path, VIA_LINK)
+            path = await asyncio.to_thread(self._copy_into_store, access, digest, size, hint)
+        except (OSError, LocalMismatch) as exc:  # gone, unreadable, wrong bytes...: SFTP decides
+            log.debug("same-host pull of %s from %s failed: %s", digest, access.root, exc)
+            path = None
+        if path is None:
+            self.local_fallbacks += 1
+            return None
+        self.files_copied += 1
+        self.bytes_copied += size
+        return Pulled(path, VIA_COPY)
+
+    def _link_into_store(self, access: LocalAccess, digest: str, size: int) -> Path | None:
+        """Hardlink a same-host store entry into ours, verified; None when it must be copied instead."""
+        source = local_path(access, digest)
+        if source is None:
+            return None
+        temp = self._store.new_temp()
+        try:
+            if not link_entry(source, temp, digest, size):
+                return None
+            path = self._store.commit(temp, digest)  # the same commit as an SFTP receipt
+        except OSError as exc:
+            _unlink_quietly(temp)
+            if exc.errno in LINK_FALLBACK_ERRNOS:
+                return None
+            raise
+        return path
+
+    def _copy_into_store(self, access: LocalAccess, digest: str, size: int, hint: str) -> Path | None:
+        """Copy a same-host file into our store, hashing as it goes; None unless the digest matched."""
+        source = local_path(access, digest, hint)
+        if source is None:
+            return None
+        temp = self._store.new_temp()
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                ok = copy_verified(source, fd, digest, size)
+            finally:
+                os.close(fd)
+            if ok:
+                path = self._store.commit(temp, digest)  # the same commit as an SFTP receipt
+                temp = None
+                return path
+            return None
+        finally:
+            if temp is not None:
+                _unlink_quietly(temp)
+
+    async def _fetch_local(self, digest: str, size: int, access: LocalAccess, dest: Path) -> bool:
+        """Copy a same-host owner's file to `dest`, verified; never a link (a user editing the workspace
+        file in place must not change a store entry). False (counted) when that did not work."""
+        try:
+            ok = await asyncio.to_thread(_copy_to_output, access, digest, size, dest)
+        except OSError as exc:
+            log.debug("same-host fetch of %s from %s failed: %s", digest, access.root, exc)
+            ok = False
+        if not ok:
+            self.local_fallbacks += 1
+            return False
+        self.files_copied += 1
+        self.bytes_copied += size
+        return True
+
     # ---- public API --------------------------------------------------------------------------------
 
-    async def pull(self, digest: str, size: int, endpoint: SftpEndpoint) -> Path:
+    async def pull(self, digest: str, size: int, endpoint: SftpEndpoint, *, path: str = "") -> Path:
         """Make sure the store holds `digest` (of `size` bytes), pulling it from `endpoint` if needed.
 
         Returns the store path. Raises DigestMismatch if the owner served other bytes (nothing is kept),
         HostKeyMismatch if the owner's host key is not the pinned one, or the connection/SFTP error.
+        `path` is the artefact's project path, which a same-host workspace owner is read by.
         """
+        return (await self.pull_via(digest, size, endpoint, path=path)).path
+
+    async def pull_via(self, digest: str, size: int, endpoint: SftpEndpoint, *, path: str = "") -> Pulled:
+        """`pull`, also saying how the bytes came: VIA_HELD, VIA_SFTP, VIA_LINK or VIA_COPY."""
         parse_digest(digest)
         if await asyncio.to_thread(self._store.has, digest):
-            return self._store.path_for(digest)
-        return await self._coalesced(digest, endpoint, lambda: self._transfer_to_store(digest, size, endpoint))
+            return Pulled(self._store.path_for(digest), VIA_HELD)
+        return await self._coalesced(digest, endpoint,
+                                     lambda: self._transfer_to_store(digest, size, endpoint, path))
 
-    async def pull_any(self, digest: str, size: int,
-                       endpoints: Sequence[SftpEndpoint]) -> tuple[Path, SftpEndpoint]:
-        """Pull from the first owner that delivers the right bytes, in the order given.
+    async def pull_any(self, digest: str, size: int, endpoints: Sequence[SftpEndpoint], *,
+                       path: str = "") -> tuple[Path, SftpEndpoint]:
+        """Pull from the first owner that delivers the right bytes: same-host owners first, then in the
+        order given.
 
         Falls back on connection errors, timeouts, refusals and digest mismatches; raises PullError
         naming every owner's failure when none delivers.
         """
         parse_digest(digest)
         failures: list[tuple[SftpEndpoint, BaseException]] = []
-        for ep in endpoints:
+        for ep in self.prefer_local(endpoints):
             try:
-                return await self.pull(digest, size, ep), ep
+                return await self.pull(digest, size, ep, path=path), ep
             except Exception as exc:
                 log.info("pull of %s from %s:%s failed: %s", digest, ep.host, ep.port, exc)
                 failures.append((ep, exc))
@@ -418,7 +549,8 @@ class Puller:
         """Put the artefact at `dest` (mode 0644), atomically: readers see the old file or the whole new one.
 
         Bytes come from this Puller's store when it holds the digest (endpoint None), else from the first
-        owner that delivers them verified. Meant for final outputs pulled back into a workspace.
+        owner that delivers them verified (same-host owners first, copied). Meant for final outputs pulled
+        back into a workspace.
         """
         parse_digest(digest)
         dest = Path(dest)
@@ -427,7 +559,9 @@ class Puller:
             await asyncio.to_thread(_copy_atomically, self._store.path_for(digest), dest)
             return dest, None
         failures: list[tuple[SftpEndpoint, BaseException]] = []
-        for ep in endpoints:
+        for ep in self.prefer_local(endpoints):
+            if ep.local is not None and self.is_local(ep) and await self._fetch_local(digest, size, ep.local, dest):
+                return dest, ep
             try:
                 await self._fetch_one(digest, size, ep, dest)
                 return dest, ep
@@ -489,6 +623,27 @@ def _finish_output(fd: int, temp: str, dest: Path) -> None:
     os.fchmod(fd, 0o644)  # a normal output file, unlike the read-only store entries
     os.fsync(fd)
     os.replace(temp, dest)
+
+
+def _copy_to_output(access: LocalAccess, digest: str, size: int, dest: Path) -> bool:
+    """Copy a same-host owner's file to `dest` through a temp file, hashing as it goes; rename only if the
+    digest matched."""
+    source = local_path(access, digest)
+    if source is None:
+        return False
+    fd, temp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    done = False
+    try:
+        try:
+            if copy_verified(source, fd, digest, size):
+                _finish_output(fd, temp, dest)
+                done = True
+        finally:
+            os.close(fd)
+    finally:
+        if not done:
+            _unlink_quietly(Path(temp))
+    return done
 
 
 def _copy_atomically(src: Path, dest: Path) -> None:

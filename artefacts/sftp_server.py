@@ -38,7 +38,7 @@ from asyncssh.sftp import (
 
 from artefacts.keys import authorized_keys_for, fingerprint, public_key_line
 from protocol.digests import digest_from_store_relpath, store_relpath
-from protocol.messages import SftpEndpoint
+from protocol.messages import LocalAccess, SftpEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -358,12 +358,13 @@ class ArtefactServer:
         self.port = self._acceptor.get_port()
         return host, self.port
 
-    def endpoint(self, advertise_host: str) -> SftpEndpoint:
-        """What other pods need to pull from us: where, and the host key to pin."""
+    def endpoint(self, advertise_host: str, local: LocalAccess | None = None) -> SftpEndpoint:
+        """What other pods need to pull from us: where, the host key to pin, and (`local`) how a puller on
+        this host may read our files without the network (`artefacts.samehost`)."""
         if not self.port:
             raise RuntimeError("server not started")
         return SftpEndpoint(host=advertise_host, port=self.port, host_key=public_key_line(self._host_key),
-                            fingerprint=fingerprint(self._host_key))
+                            fingerprint=fingerprint(self._host_key), local=local)
 
     async def stop(self) -> None:
         """Stop listening and close every open connection (asyncssh leaves them open otherwise)."""

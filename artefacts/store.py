@@ -18,7 +18,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -203,9 +203,14 @@ class Store:
         with contextlib.suppress(FileNotFoundError):
             os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
 
-    def eviction_candidates(self, high_water_bytes: int, low_water_bytes: int) -> list[tuple[str, int]]:
+    def eviction_candidates(self, high_water_bytes: int, low_water_bytes: int,
+                            in_use: Collection[str] | None = None) -> list[tuple[str, int]]:
         """Least recently used entries to delete to get from above `high_water_bytes` down to
-        `low_water_bytes`; never one a task dir links (st_nlink > 1). (digest, size) pairs."""
+        `low_water_bytes`; never one a task dir links. (digest, size) pairs.
+
+        Without `in_use`, a link count above one means a task dir links the entry. A store that
+        shares entries with a same-host peer's store (hardlinks, artefacts.samehost) passes the
+        digests its task dirs use instead: the peer's link says nothing about our task dirs."""
         entries: list[tuple[int, str, int]] = []
         total = 0
         algo_dir = self.root / self.algo
@@ -216,8 +221,9 @@ class Store:
                 except FileNotFoundError:
                     continue
                 total += st.st_size
-                if st.st_nlink == 1:
-                    entries.append((max(st.st_atime_ns, st.st_mtime_ns), f"{self.algo}:{name}", st.st_size))
+                digest = f"{self.algo}:{name}"
+                if (st.st_nlink == 1) if in_use is None else (digest not in in_use):
+                    entries.append((max(st.st_atime_ns, st.st_mtime_ns), digest, st.st_size))
         if total <= high_water_bytes:
             return []
         chosen: list[tuple[str, int]] = []
@@ -229,11 +235,12 @@ class Store:
         return chosen
 
     def delete(self, digest: str) -> None:
-        """Remove an entry (after its ownership was released); a task dir's link keeps its bytes."""
-        path = self.path_for(digest)
+        """Remove an entry (after its ownership was released); a task dir's link keeps its bytes.
+
+        No chmod first: unlinking needs only the directory's permission, and the inode may be shared
+        with a task dir or a same-host peer's store, whose entry must stay read-only."""
         with contextlib.suppress(FileNotFoundError):
-            os.chmod(path, 0o644)
-            os.unlink(path)
+            os.unlink(self.path_for(digest))
 
     def recover(self) -> None:
         """Crash recovery, once at start: delete leftovers in tmp/ of writers that are gone.

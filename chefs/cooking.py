@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,12 @@ class Cook:
         self.tools = tools
         self.bwrap = bwrap_path() if sandbox else None
         self.on_output = on_output  # a running step's output as it comes
+        self._in_use: Counter[str] = Counter()  # digests linked into running steps' task dirs
+
+    def in_use(self) -> frozenset[str]:
+        """Digests some running step's task dir uses: not to be evicted (a link count cannot tell, once
+        same-host stores share inodes)."""
+        return frozenset(self._in_use)
 
     @property
     def sandboxed(self) -> bool:
@@ -49,6 +56,7 @@ class Cook:
     async def run(self, step: StepRequest) -> Outcome:
         inputs = [(i.path, i.digest) for i in step.inputs]
         task = TaskDir(self.tasks_dir, step.step_id)
+        self._in_use.update(d for _, d in inputs)
         try:
             executables = frozenset(i.path for i in step.inputs if i.executable)
             await asyncio.to_thread(task.make, self.store, inputs, step.outputs, executables)
@@ -81,6 +89,8 @@ class Cook:
             return Outcome(ErrorCode.OK, status, outputs=outputs, discovered=discovered, log=log)
         finally:
             await task.remove()
+            self._in_use.subtract(d for _, d in inputs)
+            self._in_use = +self._in_use  # drop the zeros
 
     async def _execute(self, step: StepRequest, cwd: Path, inputs: list[str]) -> tuple[int, str, bool]:
         argv = sandbox_argv(self.bwrap, cwd, inputs, step.command) if self.bwrap else plain_argv(step.command)

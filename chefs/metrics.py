@@ -15,6 +15,7 @@ class ChefMetrics:
         self.steps: dict[LabelKey, int] = {}
         self.durations = Histogram()
         self.bytes_pulled = 0
+        self.bytes_local = 0
         self.bytes_served: Callable[[], int] = lambda: 0
         self.store_bytes = 0
 
@@ -29,6 +30,7 @@ class ChefMetrics:
             {
                 "computepods_steps_total": dict(self.steps),
                 "computepods_bytes_pulled_total": {pod: self.bytes_pulled},
+                "computepods_bytes_local_total": {pod: self.bytes_local},
                 "computepods_bytes_served_total": {pod: self.bytes_served()},
                 "computepods_store_bytes": {pod: self.store_bytes},
                 "computepods_lease_losses_total": {pod: 0},  # leases are lost on the MajorDomo's side

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from artefacts.hashing import hash_files
 from artefacts.keys import load_or_create_key, public_key_line
 from artefacts.natsutil import connect, kv_bucket, kv_keys
 from artefacts.ownership import FederationMaps
-from artefacts.sftp_client import DigestMismatch, Puller, PullError
+from artefacts.samehost import store_access
+from artefacts.sftp_client import VIA_COPY, VIA_LINK, VIA_SFTP, DigestMismatch, Puller, PullError
 from artefacts.sftp_server import ArtefactServer, store_resolver
 from artefacts.store import Store
 from artefacts.toolprobe import ToolProbe
@@ -93,9 +95,10 @@ class Chef:
         self._kv = None
         self._maps: FederationMaps | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        self._inflight_pulls: dict[str, asyncio.Task[int]] = {}
+        self._inflight_pulls: dict[str, asyncio.Task[str]] = {}  # digest -> pull, answering how it came
         self._bad_owners: dict[str, set[str]] = {}  # digest -> pods that served wrong bytes
-        self.counters = {"steps_ok": 0, "steps_failed": 0, "files_pulled": 0, "bytes_pulled": 0}
+        self.counters: Counter[str] = Counter({"steps_ok": 0, "steps_failed": 0, "files_pulled": 0,
+                                               "bytes_pulled": 0, "files_local": 0, "bytes_local": 0})
         self._decode_step = decoder(StepRequest)
         self._answers = Answers()
         self._decode_pull = decoder(PullRequest)
@@ -111,16 +114,6 @@ class Chef:
         host_key = await asyncio.to_thread(load_or_create_key, cfg.home / "host_key")
         client_key = await asyncio.to_thread(load_or_create_key, cfg.client_key or cfg.home / "client_key")
         authorized = cfg.authorized_keys or [public_key_line(client_key)]
-        self._sftp = ArtefactServer(store_resolver(self.store.root), host_key, authorized)
-        host, _port = await self._sftp.start(*cfg.sftp_listen)
-        endpoint = self._sftp.endpoint(cfg.advertise_host or host)
-        self._puller = Puller(client_key, self.store)
-        self.metrics.bytes_served = lambda: self._sftp.bytes_served if self._sftp else 0
-        if cfg.metrics_listen:
-            self._metrics_server = MetricsServer(self.metrics, refresh=self._measure_store)
-            mhost, mport = await self._metrics_server.start(*cfg.metrics_listen)
-            log.info("chef %s: Prometheus metrics on http://%s:%s/metrics", cfg.id, mhost, mport)
-
         probe = ToolProbe(cfg.home / "tools.json")
         wanted = sorted({t for k in cfg.kinds for t in KIND_TOOLS.get(k, ())} | set(cfg.extra_tools))
         tools = await probe.identities(wanted)
@@ -128,6 +121,20 @@ class Chef:
         self.cook = Cook(self.store, cfg.home / "tasks", tools, sandbox=cfg.sandbox, on_output=self._on_output)
         if cfg.sandbox and not self.cook.sandboxed:
             log.warning("chef %s: bwrap not found: steps run UNSANDBOXED in plain task dirs", cfg.id)
+
+        self._sftp = ArtefactServer(store_resolver(self.store.root), host_key, authorized)
+        host, _port = await self._sftp.start(*cfg.sftp_listen)
+        # Same-host pullers may hardlink our entries only if no step of ours can write through a link
+        # (bwrap binds inputs read-only); for the same reason an unsandboxed chef copies instead of linking.
+        sandboxed = self.cook.sandboxed
+        endpoint = self._sftp.endpoint(cfg.advertise_host or host,
+                                       local=store_access(self.store.root, linkable=sandboxed))
+        self._puller = Puller(client_key, self.store, link=sandboxed)
+        self.metrics.bytes_served = lambda: self._sftp.bytes_served if self._sftp else 0
+        if cfg.metrics_listen:
+            self._metrics_server = MetricsServer(self.metrics, refresh=self._measure_store)
+            mhost, mport = await self._metrics_server.start(*cfg.metrics_listen)
+            log.info("chef %s: Prometheus metrics on http://%s:%s/metrics", cfg.id, mhost, mport)
 
         self._nc = await connect(cfg.nats_url, f"chef:{cfg.id}")
         now = time.time()
@@ -282,6 +289,7 @@ class Chef:
         self.counters["steps_ok" if result.ok else "steps_failed"] += 1
         self.metrics.step_finished("ok" if result.ok else str(result.code), result.duration_s)
         self.metrics.bytes_pulled = self.counters["bytes_pulled"]
+        self.metrics.bytes_local = self.counters["bytes_local"]
         await self._publish("step.done" if result.ok else "step.failed", step, {
             "code": str(result.code), "duration_s": round(result.duration_s, 4),
             "outputs": [o.path for o in result.outputs], "message": result.message,
@@ -308,7 +316,7 @@ class Chef:
         """Above the high-water mark, drop least recently used entries no task dir links, down to
         80% of it; ownership is released first, so nobody is sent to us for bytes we dropped."""
         high = self.config.store_max_bytes
-        victims = await asyncio.to_thread(self.store.eviction_candidates, high, int(high * 0.8))
+        victims = await asyncio.to_thread(self.store.eviction_candidates, high, int(high * 0.8), self.cook.in_use())
         for digest, _size in victims:
             if self._maps:
                 try:
@@ -397,13 +405,11 @@ class Chef:
         if missing_tools:
             return self._result(step, ErrorCode.TOOL_MISSING,
                                 message=f"chef {self.config.id} lacks tool(s): {', '.join(missing_tools)}")
+        pulled: Counter[str] = Counter()
         lacking = [i for i in step.inputs if not self.store.has(i.digest)]
         if lacking:
             await self._publish("step.pulling", step, {"files": len(lacking), "bytes": sum(i.size for i in lacking)})
-        transferred: list[InputRef] = []
-        failed = await self._pull_inputs(step.inputs, step.pods, transferred)
-        # A step is charged only for the transfers it started: one it joined is another step's.
-        pulled = {"files_pulled": len(transferred), "bytes_pulled": sum(i.size for i in transferred)}
+        failed = await self._pull_inputs(step.inputs, step.pods, pulled)
         if failed:
             digest, reason = next(iter(failed.items()))
             path = next(i.path for i in step.inputs if i.digest == digest)
@@ -421,9 +427,11 @@ class Chef:
         return {i.digest: sorted(self._bad_owners[i.digest]) for i in step.inputs if i.digest in self._bad_owners}
 
     async def _pull_inputs(self, inputs: list[InputRef], pods: list[Pod],
-                           transferred: list[InputRef] | None = None) -> dict[str, str]:
+                           tally: Counter[str] | None = None) -> dict[str, str]:
         """Pull every input the store lacks, each digest at most once however many steps want it.
-        The inputs whose transfer this call started, and which arrived, are added to `transferred`."""
+
+        `tally` counts what this call pulled (a pull shared with another step counts for the step
+        that started it), for the step's result: `files_pulled`, `bytes_pulled`, `files_local`, ..."""
         endpoints = {p.id: p.sftp for p in pods}
         wanted: dict[str, InputRef] = {}
         for ref in inputs:
@@ -433,30 +441,33 @@ class Chef:
 
         async def one(ref: InputRef) -> None:
             task = self._inflight_pulls.get(ref.digest)
-            started = task is None
+            mine = task is None
             if task is None:
                 task = asyncio.create_task(self._pull_one(ref, endpoints))
                 self._inflight_pulls[ref.digest] = task
                 task.add_done_callback(lambda _t, d=ref.digest: self._inflight_pulls.pop(d, None))
             try:
-                await task
+                via = await task
             except PullError as exc:
                 failures[ref.digest] = str(exc)
                 return
-            if started and transferred is not None:
-                transferred.append(ref)
+            if mine and tally is not None:
+                tally.update(_pull_counts(via, ref.size))
 
         await asyncio.gather(*(one(ref) for ref in wanted.values()))
         return failures
 
-    async def _pull_one(self, ref: InputRef, endpoints: dict[str, SftpEndpoint]) -> int:
-        """Try the owners in order; an owner serving wrong bytes is quarantined for this digest."""
+    async def _pull_one(self, ref: InputRef, endpoints: dict[str, SftpEndpoint]) -> str:
+        """Try the owners in order (same-host ones first: no network); an owner serving wrong bytes is
+        quarantined for this digest."""
         assert self._puller
+        puller = self._puller
         owners = [(o, endpoints[o]) for o in ref.owners if o in endpoints and o != self.config.id]
+        owners.sort(key=lambda owner: not puller.is_local(owner[1]))
         failures: list[tuple[SftpEndpoint, BaseException]] = []
         for pod, endpoint in owners:
             try:
-                await self._puller.pull(ref.digest, ref.size, endpoint)
+                via = (await puller.pull_via(ref.digest, ref.size, endpoint, path=ref.path)).via
                 break
             except DigestMismatch as exc:
                 failures.append((endpoint, exc))
@@ -468,8 +479,7 @@ class Chef:
                 failures.append((endpoint, exc))
         else:
             raise PullError(ref.digest, failures)
-        self.counters["files_pulled"] += 1
-        self.counters["bytes_pulled"] += ref.size
+        self.counters.update(_pull_counts(via, ref.size))
         if self._maps:  # we hold it now: other pods may pull it from us
             try:
                 await self._maps.add_owner(ref.digest, ref.size, self.config.id)
@@ -477,7 +487,7 @@ class Chef:
                 log.warning("could not record ownership of %s: %s", ref.digest, exc)
         await self._publish("artefact.owned", detail={"path": ref.path, "digest": ref.digest, "size": ref.size,
                                                       "pod": self.config.id})
-        return ref.size
+        return via
 
     def _on_output(self, step: StepRequest, text: str) -> None:
         """A running step's output, for watchers (the dashboard streams it)."""
@@ -493,6 +503,15 @@ class Chef:
         )
         with contextlib.suppress(Exception):
             await self._nc.publish(subjects.events(self.config.federation, kind), encode_json(event))
+
+
+def _pull_counts(via: str, size: int) -> dict[str, int]:
+    """Counters for one pull: network bytes and same-host ones apart; what the store held already, none."""
+    if via == VIA_SFTP:
+        return {"files_pulled": 1, "bytes_pulled": size}
+    if via in (VIA_LINK, VIA_COPY):
+        return {"files_local": 1, "bytes_local": size}
+    return {}
 
 
 def _stored_digests(store: Store) -> list[tuple[str, int]]:

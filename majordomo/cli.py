@@ -225,7 +225,8 @@ def _report_noop(args: argparse.Namespace, steps: int) -> int:
     import json
 
     summary = {"ok": True, "steps_run": 0, "steps_cached": steps, "steps_failed": 0, "steps_skipped": 0,
-               "chefs": [], "files_pulled": 0, "bytes_pulled": 0, "duration_s": 0.0}
+               "chefs": [], "files_pulled": 0, "bytes_pulled": 0, "files_local": 0, "bytes_local": 0,
+               "duration_s": 0.0}
     human = sys.stderr if args.json else sys.stdout
     print(f"build ok: nothing changed, {steps} steps up to date", file=human)
     if args.json:

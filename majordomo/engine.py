@@ -45,6 +45,7 @@ from protocol.messages import (
 
 if TYPE_CHECKING:  # the federation stack (nats-py, asyncssh) costs ~0.3 s to import: only when needed
     from artefacts.ownership import FederationMaps
+    from artefacts.sftp_client import Puller
     from majordomo.federation import Federation
     from majordomo.leases import Leases
     from majordomo.metrics import MajordomoMetrics
@@ -91,8 +92,10 @@ class BuildReport:
     steps_failed: int = 0
     steps_skipped: int = 0
     chefs: dict[str, int] = field(default_factory=dict)
-    files_pulled: int = 0
+    files_pulled: int = 0  # over SFTP
     bytes_pulled: int = 0
+    files_local: int = 0  # from same-host owners' files (hardlinked or copied), no network
+    bytes_local: int = 0
     duration_s: float = 0.0
     failures: list[StepOutcome] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # stale outputs of recipes that are gone
@@ -104,6 +107,7 @@ class BuildReport:
             "steps_failed": self.steps_failed, "steps_skipped": self.steps_skipped,
             "chefs": [{"id": c, "steps": n} for c, n in sorted(self.chefs.items())],
             "files_pulled": self.files_pulled, "bytes_pulled": self.bytes_pulled,
+            "files_local": self.files_local, "bytes_local": self.bytes_local,
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -135,7 +139,7 @@ class Build:
         self._latest: dict[str, tuple[list[OutputRef], str | None]] = {}  # step id -> outputs, producer
         self._fed: Federation | None = None
         self._shared = shared  # a federation that outlives this build (`watch`); not ours to stop
-        self._pulled_base = (0, 0)
+        self._pulled_base = (0, 0, 0, 0)
         self._leases: Leases | None = None
         self._maps: FederationMaps | None = None  # ownership and action cache shared by the federation
         self._fed_lock = asyncio.Lock()
@@ -174,14 +178,14 @@ class Build:
                 await self._leases.stop()
             if self._fed:
                 if self._fed.puller:  # a shared puller counts for several builds: take our share
-                    self.report.files_pulled += self._fed.puller.files_pulled - self._pulled_base[0]
-                    self.report.bytes_pulled += self._fed.puller.bytes_pulled - self._pulled_base[1]
+                    self._count_fetched(self._fed.puller)
                 if self._fed is not self._shared:
                     await self._fed.stop()
         self.report.duration_s = time.monotonic() - started
         self.report.ok = self.report.steps_failed == 0 and self.report.steps_skipped == 0
         if self.metrics:
             self.metrics.bytes_pulled += self.report.bytes_pulled
+            self.metrics.bytes_local += self.report.bytes_local
         await self.state.run(lambda: self.state.record_build(
             self.build_id, time.time() - self.report.duration_s, self.report.duration_s, self.report.ok,
             self.report.steps_run, self.report.steps_cached, self.report.steps_failed))
@@ -500,6 +504,8 @@ class Build:
                 return False
             self.report.files_pulled += result.files_pulled
             self.report.bytes_pulled += result.bytes_pulled
+            self.report.files_local += result.files_local
+            self.report.bytes_local += result.bytes_local
             for digest, pods in result.bad_owners.items():  # they served wrong bytes: no owners now
                 for pod in pods:
                     await self._drop_owner(digest, pod)
@@ -790,7 +796,7 @@ class Build:
                 assert fed.nc
                 self._maps = await FederationMaps(fed.nc, self.options.federation).open()
                 if fed.puller:
-                    self._pulled_base = (fed.puller.files_pulled, fed.puller.bytes_pulled)
+                    self._pulled_base = _fetch_counters(fed.puller)
                 if self.options.dashboard_port is not None and fed.dashboard is None:
                     await fed.open_dashboard(self.options.dashboard_port)
                 self._publish("build.started", detail={"targets": self.options.targets, "total": self.total,
@@ -801,6 +807,15 @@ class Build:
                 slots = sum(c.slots for c in self._chefs)
                 self._jobs = asyncio.Semaphore(self.options.jobs or max(1, slots))
             return self._fed
+
+    def _count_fetched(self, puller: Puller) -> None:
+        """What our own puller fetched in this build: over SFTP, and copied from same-host chefs."""
+        now = _fetch_counters(puller)
+        files, sent, local, local_bytes = (n - base for n, base in zip(now, self._pulled_base, strict=True))
+        self.report.files_pulled += files
+        self.report.bytes_pulled += sent
+        self.report.files_local += local
+        self.report.bytes_local += local_bytes
 
     def _resolve(self, digest: str) -> Path | None:
         """What our SFTP server serves: sources and fetched outputs, by digest.
@@ -990,3 +1005,9 @@ async def _quiet(publishing: Awaitable[None]) -> None:
     """Events are best effort: a publish that fails must never fail the build."""
     with contextlib.suppress(Exception):
         await publishing
+
+
+def _fetch_counters(puller: Puller) -> tuple[int, int, int, int]:
+    """A puller's (files, bytes) over SFTP and (files, bytes) copied on this host, to take differences of."""
+    return (puller.files_pulled, puller.bytes_pulled, puller.files_linked + puller.files_copied,
+            puller.bytes_linked + puller.bytes_copied)

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from artefacts.keys import load_or_create_key, public_key_line
 from artefacts.lifeline import die_with_parent
 from artefacts.natsutil import EmbeddedNats, NatsUnreachable, connect, kv_bucket, kv_keys, local_address_towards
+from artefacts.samehost import workspace_access
 from artefacts.sftp_client import Puller
 from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
@@ -167,7 +168,10 @@ class Federation:
             if towards:
                 listen, advertise = (towards, listen[1]), towards
         host, _port = await self.sftp.start(*listen)
-        self.pod = Pod(id=self.pod_id, sftp=self.sftp.endpoint(advertise or host))
+        # Same-host chefs read sources straight from the workspace by their project path (copied and
+        # verified, never linked): see artefacts.samehost.
+        local = workspace_access(self.root)
+        self.pod = Pod(id=self.pod_id, sftp=self.sftp.endpoint(advertise or host, local=local))
         # Final outputs are fetched straight into the workspace; the store only holds temp files.
         self.puller = Puller(fed_key, Store(self.state_dir / "store"))
         url = self.nats_url

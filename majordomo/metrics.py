@@ -13,6 +13,7 @@ class MajordomoMetrics:
         self.steps: dict[LabelKey, int] = {}
         self.durations = Histogram()
         self.bytes_pulled = 0
+        self.bytes_local = 0
         self.lease_losses = 0
 
     def step(self, state: str, duration_s: float) -> None:
@@ -27,6 +28,7 @@ class MajordomoMetrics:
             {
                 "computepods_steps_total": dict(self.steps),
                 "computepods_bytes_pulled_total": {pod: self.bytes_pulled},
+                "computepods_bytes_local_total": {pod: self.bytes_local},
                 "computepods_lease_losses_total": {pod: self.lease_losses},
             },
             {"computepods_step_duration_seconds": {pod: self.durations}},

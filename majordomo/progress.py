@@ -61,6 +61,8 @@ def summary_lines(report: BuildReport) -> list[str]:
     if report.steps_skipped:
         parts.append(f"{report.steps_skipped} skipped")
     pulled = f", {report.files_pulled} files / {report.bytes_pulled} bytes pulled" if report.files_pulled else ""
+    if report.files_local:
+        pulled += f", {report.files_local} files / {report.bytes_local} bytes taken on this host"
     lines.append(f"build {verdict}: {', '.join(parts)} in {report.duration_s:.2f}s{pulled}")
     return lines
 

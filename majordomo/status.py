@@ -201,7 +201,8 @@ def render_status(status: Status, *, verbose: bool = False) -> str:
             k = c.counters
             lines.append(
                 f"  steps {k.get('steps_ok', 0)} ok, {k.get('steps_failed', 0)} failed;"
-                f" pulled {k.get('files_pulled', 0)} files / {human_bytes(int(k.get('bytes_pulled', 0)))};"
+                f" pulled {k.get('files_pulled', 0)} files / {human_bytes(int(k.get('bytes_pulled', 0)))},"
+                f" {k.get('files_local', 0)} on this host;"
                 f" run requests {c.requests}, errors {c.errors}, avg {c.avg_processing_s or 0:.3f}s")
         if verbose:
             for tool, ident in sorted(c.tools.items()):

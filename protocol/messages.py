@@ -19,6 +19,19 @@ def headers() -> dict[str, str]:
     return {VERSION_HEADER: str(PROTOCOL_VERSION)}
 
 
+LAYOUT_STORE = "store"  # <root>/<algo>/<ab>/<cd>/<hex>: a content store
+LAYOUT_WORKSPACE = "workspace"  # <root>/<InputRef.path>: a MajorDomo's project, files the user may edit
+
+
+class LocalAccess(msgspec.Struct, frozen=True):
+    """How a puller on the same host may read an owner's files directly instead of over SFTP."""
+
+    host: str  # same-host identity: equal only for processes that see the same files
+    root: str  # absolute, canonical directory the layout is relative to
+    layout: str = LAYOUT_STORE
+    linkable: bool = False  # immutable store entries that a puller on the same filesystem may hardlink
+
+
 class SftpEndpoint(msgspec.Struct, frozen=True):
     """Where a pod serves its artefacts read-only, and the host key a client must pin."""
 
@@ -26,6 +39,7 @@ class SftpEndpoint(msgspec.Struct, frozen=True):
     port: int
     host_key: str  # OpenSSH public key line of the server's host key
     fingerprint: str = ""  # SHA256 fingerprint, for humans
+    local: LocalAccess | None = None  # the same-host shortcut; None: only SFTP
 
 
 class Pod(msgspec.Struct, frozen=True):
@@ -84,11 +98,13 @@ class StepResult(msgspec.Struct, frozen=True, tag="result"):
     log: str = ""  # combined stdout/stderr, tail-truncated
     message: str = ""  # one sentence for the user when code is not ok
     duration_s: float = 0.0
-    bytes_pulled: int = 0
+    bytes_pulled: int = 0  # over SFTP
     files_pulled: int = 0
     attempt: int = 1
     missing: list[str] = []  # digests no owner could serve (code input_unavailable)
     bad_owners: dict[str, list[str]] = {}  # digest -> pods that served wrong bytes for it
+    files_local: int = 0  # inputs taken from a same-host owner's files (hardlinked or copied), not the network
+    bytes_local: int = 0
 
     @property
     def ok(self) -> bool:

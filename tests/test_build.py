@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 from conftest import UPPER_JOIN, majordomo, start_chef, stop_procs, write_project
 
 from artefacts.keys import load_or_create_key
@@ -23,7 +24,10 @@ def test_embedded_build_then_noop_then_one_change(tmp_path: Path) -> None:
     assert (project / "build/all.txt").read_text() == "ALPHA\nBETA\nGAMMA\nDELTA\n"
     # Intermediates stay with the chefs; only the final output comes back.
     assert not (project / "build/a.up").exists()
-    assert s["files_pulled"] >= 4 and s["bytes_pulled"] > 0
+    # Every chef and the MajorDomo share this host: the four sources reached the chefs, and the final
+    # output came back, through the filesystem (verified copies and store links), none over SFTP.
+    assert (s["files_pulled"], s["bytes_pulled"]) == (0, 0), s
+    assert s["files_local"] >= 5 and s["bytes_local"] >= sum(len(t) for t in SOURCES.values()), s
 
     # No-op: nothing runs and the embedded federation is not even started.
     run_dir = project / ".majordomo" / "run"
@@ -159,9 +163,13 @@ command = "cat $^ > $@"
 """
 
 
-def test_pulled_bytes_count_each_transfer_once(tmp_path: Path, nats_url: str) -> None:
+@pytest.mark.parametrize("same_host", ["1", "0"])
+def test_pulled_bytes_count_each_transfer_once(tmp_path: Path, nats_url: str, same_host: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Four steps on one chef need the same input at once: it is transferred once, and the build's
-    summary says so (a step that joined another's transfer is not charged for it)."""
+    summary says so (a step that joined another's transfer is not charged for it) — whether the
+    transfers are same-host copies or, with the shortcut off, SFTP pulls."""
+    monkeypatch.setenv("CP_SAME_HOST", same_host)
     key = tmp_path / "key" / "federation"
     key.parent.mkdir()
     load_or_create_key(key)
@@ -177,7 +185,8 @@ def test_pulled_bytes_count_each_transfer_once(tmp_path: Path, nats_url: str) ->
         final = (project / "build/all.txt").read_bytes()
         assert final == b"".join(f"{n}\n{len(big)}\n".encode() for n in "abcd")
         # In: big.bin once and the four sources. Back: the final output.
-        assert run.summary["files_pulled"] == 1 + 4 + 1, run.summary
-        assert run.summary["bytes_pulled"] == len(big) + sum(map(len, sources.values())) + len(final), run.summary
+        files, size = ("files_local", "bytes_local") if same_host == "1" else ("files_pulled", "bytes_pulled")
+        assert run.summary[files] == 1 + 4 + 1, run.summary
+        assert run.summary[size] == len(big) + sum(map(len, sources.values())) + len(final), run.summary
     finally:
         stop_procs([chef])

@@ -32,3 +32,19 @@ def test_lru_eviction_spares_linked_entries(tmp_path: Path) -> None:
         store.delete(digest)
     assert not store.has(digests[2]) and store.has(digests[0]) and store.has(digests[1])
     assert (tmp_path / "task" / "in.bin").read_bytes() == bytes([0]) * 1000
+
+
+def test_entries_shared_with_a_peer_store_are_evictable_unless_in_use(tmp_path: Path) -> None:
+    """Same-host stores share inodes (artefacts.samehost): a peer's link must not pin an entry forever;
+    what running steps use (the cook says) is what is spared."""
+    store, peer = Store(tmp_path / "store"), Store(tmp_path / "peer")
+    digests = [_put(store, bytes([n]) * 1000) for n in range(3)]
+    for age, digest in enumerate(digests):
+        os.utime(store.path_for(digest), ns=(1_000_000_000 * (age + 1), 1_000_000_000))
+        peer.path_for(digest).parent.mkdir(parents=True, exist_ok=True)
+        os.link(store.path_for(digest), peer.path_for(digest))  # every entry now has two links
+    assert store.eviction_candidates(2000, 1000) == []  # by link count, nothing could ever go
+    chosen = [d for d, _ in store.eviction_candidates(2000, 1000, in_use={digests[0]})]
+    assert chosen == [digests[1], digests[2]]  # oldest first, sparing the one a running step uses
+    store.delete(digests[1])
+    assert peer.has(digests[1]) and peer.path_for(digests[1]).stat().st_mode & 0o777 == 0o444

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def structs() -> dict[str, type[msgspec.Struct]]:
 def type_name(t: object) -> str:
     origin = typing.get_origin(t)
     if origin is None:
-        return getattr(t, "__name__", str(t))
+        return "None" if t is type(None) else getattr(t, "__name__", str(t))
+    if origin in (types.UnionType, typing.Union):  # written `A | None`; in the doc's tables `A \| None`
+        return " | ".join(type_name(a) for a in typing.get_args(t))
     return f"{origin.__name__}[{', '.join(type_name(a) for a in typing.get_args(t))}]"
 
 
@@ -53,7 +56,7 @@ def documented_rows(doc: str, name: str) -> dict[str, tuple[str, str]] | None:
         return None
     rows: dict[str, tuple[str, str]] = {}
     for line in match.group(1).splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
         if len(cells) >= 3 and cells[0].startswith("`"):
             rows[cells[0].strip("`")] = (cells[1].strip("`"), cells[2].strip("`"))
     return rows
@@ -132,6 +135,6 @@ if __name__ == "__main__":
               "\n| field | type | default | meaning |\n| --- | --- | --- | --- |")
         for field, (typ, default) in expected_rows(struct).items():
             shown = default if default == "required" else f"`{default}`"
-            print(f"| `{field}` | `{typ}` | {shown} |  |")
+            print(f"| `{field}` | `{typ.replace('|', chr(92) + '|')}` | {shown} |  |")
         print()
     sys.exit(0)
