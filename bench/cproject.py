@@ -8,6 +8,8 @@ other gets a Makefile generated here with the same graph: one compile per `.c` (
 depfiles), `ar rcsD`, the two links, and the test run. Both build from scratch each round; the
 best wall time of R rounds counts. Target: majordomo <= 1.3x `make -j2`.
 
+"warm" is the same clean build with the resident federation already up (state and outputs wiped,
+nats-server and chefs kept): `make clean && make` after the first build of a session.
 Informational rows: one library source changed (a new function: one compile, the archive, two
 links, the test), and "floor", a majordomo build that reruns the one step of a tiny project (`cp`,
 its input changed each round): what any build that runs a step pays to start the CLI and the
@@ -105,6 +107,15 @@ def wipe(root: Path) -> None:
         shutil.rmtree(root / name, ignore_errors=True)
 
 
+def wipe_keeping_federation(root: Path) -> None:
+    """`make clean` with the resident federation up: outputs and the build state go (every step
+    runs again), the running nats-server and chefs stay, as after a first build of the day."""
+    shutil.rmtree(root / "build", ignore_errors=True)
+    for state in (root / ".majordomo").glob("state.db*"):
+        state.unlink()
+    (root / ".majordomo" / "noop.stamp").unlink(missing_ok=True)
+
+
 def same_results(tools: list[Tool]) -> None:
     reports = {t.label: (t.cwd / "build/test-report.txt").read_text() for t in tools}
     outputs = {t.label: subprocess.run([str(t.cwd / "build/app")], capture_output=True, text=True, check=True).stdout
@@ -142,6 +153,13 @@ def run(base: Path, rounds: int) -> dict[str, float]:
         print(f"   {floor.label:<24} {floor.run('floor'):7.3f} s")
     same_results([ours, peer])
 
+    print(f"1b. clean build with the federation already up (resident), {rounds} round(s)")
+    for _ in range(rounds):
+        for tool in (ours, peer):
+            (wipe_keeping_federation if tool is ours else wipe)(tool.cwd)
+            print(f"   {tool.label:<24} {tool.run('clean-warm'):7.3f} s")
+    same_results([ours, peer])
+
     print(f"2. {CHANGED} changed (a new function each round), {rounds} round(s)")
     for r in range(rounds):
         for tool in (ours, peer):
@@ -154,6 +172,8 @@ def run(base: Path, rounds: int) -> dict[str, float]:
     same_results([ours, peer])
     return {"clean": ours.best("clean") / peer.best("clean"), "changed": ours.best("changed") / peer.best("changed"),
             "floor": floor.best("floor"), "ours_clean": ours.best("clean"), "make_clean": peer.best("clean"),
+            "warm": ours.best("clean-warm") / peer.best("clean-warm"), "ours_warm": ours.best("clean-warm"),
+            "make_warm": peer.best("clean-warm"),
             "ours_changed": ours.best("changed"), "make_changed": peer.best("changed")}
 
 
@@ -177,6 +197,9 @@ def main() -> None:
     print(f"\n{'phase':<9} {'majordomo s':>11} {'make -j2 s':>10} {'ratio':>7} {'target':>8}  result")
     print(f"{'clean':<9} {r['ours_clean']:>11.3f} {r['make_clean']:>10.3f} {r['clean']:>6.2f}x"
           f" {'<=' + format(CLEAN_TARGET, 'g') + 'x':>8}  {'PASS' if clean_ok else 'MISS'}")
+    warm_ok = r["warm"] <= CLEAN_TARGET
+    print(f"{'warm':<9} {r['ours_warm']:>11.3f} {r['make_warm']:>10.3f} {r['warm']:>6.2f}x"
+          f" {'<=' + format(CLEAN_TARGET, 'g') + 'x':>8}  {'PASS' if warm_ok else 'MISS'} (clean, federation resident)")
     print(f"{'changed':<9} {r['ours_changed']:>11.3f} {r['make_changed']:>10.3f} {r['changed']:>6.2f}x {'-':>8}  info")
     print(f"{'floor':<9} {r['floor']:>11.3f} {'':>10} {'':>7} {'-':>8}  info: majordomo running one `cp` step")
     raise SystemExit(0 if clean_ok else 1)
