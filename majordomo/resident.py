@@ -243,8 +243,25 @@ async def _watch(state_dir: Path, server: EmbeddedNats, chefs: LocalChefs, idle_
                 last_used = time.monotonic()
         except OSError:
             return  # the server does not answer its monitor: nothing to keep
-        if time.monotonic() - last_used > idle_s:
+        if time.monotonic() - last_used > idle_s and await _close_if_still_idle(state_dir, server):
             return
+
+
+async def _close_if_still_idle(state_dir: Path, server: EmbeddedNats) -> bool:
+    """Withdraw resident.json (no new build joins from now on), then look once more: a build
+    that read it just before may have connected since, and then we stay."""
+    closing = info_path(state_dir).with_suffix(".closing")
+    with contextlib.suppress(OSError):
+        os.replace(info_path(state_dir), closing)
+    try:
+        joined = await asyncio.to_thread(_majordomo_connected, server.monitor_url)
+    except OSError:
+        joined = False
+    if joined:
+        os.replace(closing, info_path(state_dir))
+        return False
+    closing.unlink(missing_ok=True)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
