@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import shutil
 import sys
@@ -19,6 +20,7 @@ from nats.aio.client import Client as NATS
 from artefacts.lifeline import die_with_parent
 
 CONNECT_DEADLINE_S = 3.0
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 # A KV operation may time out while a NATS cluster elects a new stream leader (a node died):
 # try again for about as long as a lease lasts before giving up.
@@ -64,6 +66,14 @@ async def connect(url: str, name: str, *, deadline_s: float = CONNECT_DEADLINE_S
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc) or type(exc).__name__)
 
+    async def on_disconnect() -> None:
+        log.info("%s: disconnected from NATS %s", name, nc.connected_url.netloc if nc.connected_url else "")
+
+    async def on_reconnected() -> None:  # operators read failovers in the logs
+        log.warning("%s: reconnected to NATS %s", name, nc.connected_url.netloc if nc.connected_url else "")
+        if on_reconnect is not None:
+            await on_reconnect()
+
     nc = NATS()
     servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: any node will do
     try:
@@ -81,7 +91,8 @@ async def connect(url: str, name: str, *, deadline_s: float = CONNECT_DEADLINE_S
                 reconnect_time_wait=0.1,
                 max_reconnect_attempts=1,
                 error_cb=on_error,
-                reconnected_cb=on_reconnect,
+                reconnected_cb=on_reconnected,
+                disconnected_cb=on_disconnect,
             ),
             timeout=deadline_s,
         )
@@ -192,6 +203,7 @@ class EmbeddedNats:
 
 
 NO_SUITABLE_PEERS = 10005  # JetStream's error code: not enough JetStream nodes for the replicas asked
+STREAM_NAME_IN_USE = 10058  # JetStream's error code: the stream exists with another configuration
 
 
 async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history: int = 1):  # type: ignore[no-untyped-def]
@@ -210,6 +222,8 @@ async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history:
                 try:
                     return await js.create_key_value(bucket=bucket, ttl=ttl, history=history, replicas=replicas)
                 except nats.js.errors.BadRequestError as exc:
+                    if exc.err_code == STREAM_NAME_IN_USE:  # another pod made it first, maybe with fewer replicas
+                        return await js.key_value(bucket)
                     if exc.err_code != NO_SUITABLE_PEERS or replicas == 1:
                         raise
 

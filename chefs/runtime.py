@@ -480,14 +480,19 @@ class Chef:
         else:
             raise PullError(ref.digest, failures)
         self.counters.update(_pull_counts(via, ref.size))
-        if self._maps:  # we hold it now: other pods may pull it from us
+        # We hold it now: other pods may pull it from us. The map is advisory, so the step does not
+        # wait for it: during a NATS failover a KV write can take seconds to time out.
+        self._track("own", self._announce_owned(ref))
+        return via
+
+    async def _announce_owned(self, ref: InputRef) -> None:
+        if self._maps:
             try:
                 await self._maps.add_owner(ref.digest, ref.size, self.config.id)
-            except Exception as exc:  # the map is advisory; the step goes on
+            except Exception as exc:
                 log.warning("could not record ownership of %s: %s", ref.digest, exc)
         await self._publish("artefact.owned", detail={"path": ref.path, "digest": ref.digest, "size": ref.size,
                                                       "pod": self.config.id})
-        return via
 
     def _on_output(self, step: StepRequest, text: str) -> None:
         """A running step's output, for watchers (the dashboard streams it)."""

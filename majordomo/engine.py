@@ -50,7 +50,8 @@ if TYPE_CHECKING:  # the federation stack (nats-py, asyncssh) costs ~0.3 s to im
     from majordomo.leases import Leases
     from majordomo.metrics import MajordomoMetrics
 
-REASK_S = 5.0  # how often a step's answer is asked for again while its chef's lease holds
+REASK_S = 2.0  # how often a step's answer is asked for again while its chef's lease holds
+REASK_AFTER_FAILOVER_S = 1.0  # sooner while the chef is not back on NATS yet
 ABSENT = "absent:"  # digest placeholder of a discovered input that no longer exists: forces a rerun
 _decode_result = decoder(StepResult)
 
@@ -577,7 +578,8 @@ class Build:
                         if sent == 1:
                             self._chef_lost(chef.id, "not on NATS any more")
                             return None, "no responder"
-                        # a repeat during a failover, before the chef is back: its lease decides
+                        # a repeat during a failover, before the chef is back: soon again (its lease decides)
+                        next_ask = min(next_ask, time.monotonic() + REASK_AFTER_FAILOVER_S)
                     except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
                         pass
                 if lost.done():
