@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from artefacts.hashing import HashError, hash_files
+from artefacts.lifeline import pid_alive
 from protocol.digests import ALGORITHMS, DEFAULT_ALGORITHM, parse_digest, store_relpath
 
 READ_ONLY = 0o444
@@ -253,7 +254,7 @@ class Store:
         self.tmp.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():
             owner = leftover.name.split("-", 1)[0]
-            if owner.isdigit() and int(owner) != os.getpid() and _pid_alive(int(owner)):
+            if owner.isdigit() and int(owner) != os.getpid() and pid_alive(int(owner)):
                 continue
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -370,12 +371,3 @@ def _unlink_all(paths: Iterable[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

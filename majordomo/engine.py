@@ -581,7 +581,7 @@ class Build:
                         # a repeat during a failover, before the chef is back: soon again (its lease decides)
                         next_ask = min(next_ask, time.monotonic() + REASK_AFTER_FAILOVER_S)
                     except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
-                        pass
+                        pass  # this ask is over; the next one, the lease or the deadline decide
                 if lost.done():
                     return None, "lease lost"
         finally:

@@ -30,6 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from artefacts.lifeline import pid_alive
 from artefacts.natsutil import EmbeddedNats
 
 if TYPE_CHECKING:
@@ -127,15 +128,6 @@ def stop_resident(state_dir: Path, timeout_s: float = STOP_TIMEOUT_S) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def _spawn(state_dir: Path, lock_fd: int, idle_s: float) -> str:
     """Start the supervisor, detached (its own session, not killed with us), and wait for its ready line."""
@@ -169,7 +161,7 @@ def join_or_start(state_dir: Path, key: str, idle_s: float) -> str:
     while time.monotonic() < deadline:
         info = read_info(state_dir)
         held = lock_is_held(state_dir)
-        if info is not None and held and _pid_alive(int(info["pid"])):
+        if info is not None and held and pid_alive(int(info["pid"])):
             if info["fingerprint"] == wanted and info.get("key") == key:
                 return str(info["url"])
             stop_resident(state_dir)  # other code or another key: it must not cook our steps

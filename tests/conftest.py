@@ -183,3 +183,28 @@ async def srv_gather(nc: Any, subject: str, want: int) -> list[dict]:
     finally:
         await sub.unsubscribe()
     return replies
+
+
+@pytest.fixture(scope="module")
+def host_key():  # type: ignore[no-untyped-def]
+    import asyncssh
+
+    return asyncssh.generate_private_key("ssh-ed25519")
+
+
+@pytest.fixture(scope="module")
+def client_key():  # type: ignore[no-untyped-def]
+    import asyncssh
+
+    return asyncssh.generate_private_key("ssh-ed25519")
+
+
+def put(store: Any, data: bytes) -> str:
+    """Commit `data` to a store through the public temp + commit path, as a transfer would."""
+    from artefacts.hashing import hash_bytes
+
+    temp = store.new_temp()
+    temp.write_bytes(data)
+    digest = hash_bytes(data)
+    store.commit(temp, digest)
+    return digest

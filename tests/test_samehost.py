@@ -21,7 +21,7 @@ import asyncssh
 import msgspec
 import nats
 import pytest
-from conftest import REPO, UPPER_JOIN, majordomo, require, write_project
+from conftest import REPO, UPPER_JOIN, majordomo, put, require, write_project
 
 from artefacts.hashing import hash_bytes
 from artefacts.keys import public_key_line
@@ -46,27 +46,11 @@ MiB = 1024 * 1024
 SOURCES = {"src/a.txt": "alpha\n", "src/b.txt": "beta\n", "src/c.txt": "gamma\n", "src/d.txt": "delta\n"}
 
 
-@pytest.fixture(scope="module")
-def host_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519")
-
-
-@pytest.fixture(scope="module")
-def client_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519")
-
 
 @pytest.fixture(autouse=True)
 def shortcut_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_SWITCH, raising=False)  # whatever the caller's environment says
 
-
-def put(store: Store, data: bytes) -> str:
-    temp = store.new_temp()
-    temp.write_bytes(data)
-    digest = hash_bytes(data)
-    store.commit(temp, digest)
-    return digest
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from conftest import put
 
 from artefacts.hashing import hash_bytes
 from artefacts.keys import fingerprint, load_or_create_key, public_key_line
@@ -24,22 +25,6 @@ from protocol.messages import SftpEndpoint
 MiB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def host_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519")
-
-
-@pytest.fixture(scope="module")
-def client_key() -> asyncssh.SSHKey:
-    return asyncssh.generate_private_key("ssh-ed25519")
-
-
-def put(store: Store, data: bytes) -> str:
-    temp = store.new_temp()
-    temp.write_bytes(data)
-    digest = hash_bytes(data)
-    store.commit(temp, digest)
-    return digest
 
 
 def leftovers(store: Store) -> list[str]:

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import put
 
 from artefacts.hashing import HashError, hash_bytes
 from artefacts.store import Store
@@ -30,14 +31,6 @@ def sha256_hex(data: bytes) -> str:
 def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "store")
 
-
-def put(store: Store, data: bytes) -> str:
-    """Commit `data` through the public temp + commit path, as a transfer would."""
-    temp = store.new_temp()
-    temp.write_bytes(data)
-    digest = hash_bytes(data)
-    store.commit(temp, digest)
-    return digest
 
 
 def test_commit_layout_and_read_only(store: Store) -> None:
