@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import nats.micro
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.micro.request import Request
 
 from artefacts.hashing import hash_files
@@ -167,6 +168,7 @@ class Chef:
         await self._service.add_endpoint(
             name="verify", subject=subjects.chef_verify(cfg.federation, cfg.id), handler=self._on_verify
         )
+        self._cancels = await self._nc.subscribe(subjects.build_cancelled(cfg.federation), cb=self._on_cancelled)
         self._kv = await kv_bucket(self._nc, subjects.chefs_bucket(cfg.federation), ttl=REGISTRY_TTL_S)
         self._maps = await FederationMaps(self._nc, cfg.federation).open()
         await self._register()
@@ -257,9 +259,17 @@ class Chef:
         key = attempt_key(step)
         answer = self._answers.begin(key)
         if answer is None:
-            self._track(f"run:{step.step_id}", self._run_and_reply(step, request, key))
+            self._track(f"run:{step.build_id}:{step.step_id}", self._run_and_reply(step, request, key))
         else:  # asked again (its answer may have been lost in a NATS failover): never cook twice
             self._track(f"repeat:{step.step_id}", self._answer_again(answer, request))
+
+    async def _on_cancelled(self, msg: Msg) -> None:
+        """A MajorDomo cancelled its build (Ctrl-C): stop its steps here (their process groups are
+        killed) rather than cook results nobody waits for. Nothing of them is recorded."""
+        prefix = f"run:{msg.data.decode(errors='replace')}:"
+        for label, task in list(self._running.items()):
+            if label.startswith(prefix):
+                task.cancel()
 
     def _track(self, label: str, work: Coroutine[Any, Any, None]) -> None:
         """Keep a reference to background work (asyncio only holds weak ones) until it ends."""

@@ -6,7 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from majordomo.federation import Federation
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -119,8 +122,13 @@ def _metrics_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return metrics, MetricsServer(metrics), (host, int(port))
 
 
+_argv: list[str] | None = None  # what main() was given, for handing a build to the resident server
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _argv
     argv = sys.argv[1:] if argv is None else argv
+    _argv = argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     if args.command in _HEAVY_COMMANDS:
@@ -157,18 +165,31 @@ def _parse_vars(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace, memo: dict | None = None):  # type: ignore[no-untyped-def]
+    """The project, loaded and checked. With `memo` (the resident build server's, kept between
+    builds) an unchanged recipe file over an unchanged file list is not parsed and expanded again."""
     from majordomo.recipes import RecipeError, load_project
 
     root = args.directory.resolve()
     if not (root / args.file).is_file():
         raise UserError(f"no {args.file} in {root}")
     try:
-        project = load_project(root, recipe_file=args.file, overrides=_parse_vars(args.var),
-                               list_files=_source_lister(root))
+        overrides = _parse_vars(args.var)
+        files = _source_lister(root)()
+        if memo is not None:
+            text = (root / args.file).read_bytes()
+            found = memo.get((root, args.file, tuple(args.var)))
+            if found is not None and found[0] == text and found[1] == files:
+                return found[2]
+        project = load_project(root, recipe_file=args.file, overrides=overrides, list_files=lambda: files)
         _check_normalisers(project)
     except RecipeError as exc:
         raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"cannot read the project in {root}: {exc}") from None
+    if memo is not None:
+        memo.clear()  # one project per server: keep only the latest
+        memo[(root, args.file, tuple(args.var))] = (text, files, project)
     return project
 
 
@@ -211,14 +232,34 @@ def _build(args: argparse.Namespace) -> int:
 
     root = args.directory.resolve()
     nats_url = args.nats or _config_nats()
-    # The stamp vouches for the local toolchain only: with a remote federation, chefs decide.
-    stamp_key = repr((args.targets, args.var, args.file, args.federation)) if nats_url is None else None
+    stamp_key = _stamp_key(args, nats_url)
     if stamp_key and not args.verbose:
         steps = noop.check_stamp(str(root), stamp_key)
         if steps is not None:
             return _report_noop(args, steps)
+    if nats_url is None and _may_build_in_resident(args, root):
+        from majordomo.build_client import build_in_resident
+
+        code = build_in_resident(root, sys.argv[1:] if _argv is None else _argv)
+        if code is not None:
+            return code
     noop.remove_stamp(str(root))  # the full path decides now; a failed build must leave no stamp
     return _full_build(args, nats_url, stamp_key)
+
+
+def _stamp_key(args: argparse.Namespace, nats_url: str | None) -> str | None:
+    # The stamp vouches for the local toolchain only: with a remote federation, chefs decide.
+    return repr((args.targets, args.var, args.file, args.federation)) if nats_url is None else None
+
+
+def _may_build_in_resident(args: argparse.Namespace, root: Path) -> bool:
+    """Whether the project's resident build server may run this build: the embedded federation,
+    nothing that must live in this process (a dashboard, a metrics endpoint, a chosen SFTP address),
+    and a recipe file to build (errors about a missing one are ours to print)."""
+    from majordomo.resident import idle_seconds
+
+    return (idle_seconds() > 0 and args.dashboard is None and args.metrics_listen is None
+            and args.sftp_listen == "127.0.0.1:0" and not args.advertise and (root / args.file).is_file())
 
 
 def _report_noop(args: argparse.Namespace, steps: int) -> int:
@@ -236,34 +277,60 @@ def _report_noop(args: argparse.Namespace, steps: int) -> int:
 
 def _full_build(args: argparse.Namespace, nats_url: str | None, stamp_key: str | None) -> int:
     import asyncio
+
+    project = _load(args)
+    return asyncio.run(full_build(args, project, nats_url, stamp_key, sys.stdout, sys.stderr))
+
+
+async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, shared: Federation,
+                          memo: dict | None = None) -> int:
+    """`majordomo build ARGV` run by the resident build server on its own federation, printing to
+    the client's streams. The client has parsed ARGV and found no no-op stamp."""
+    import asyncio
+
+    from majordomo import noop
+
+    args = build_parser("build").parse_args(argv)
+    args.directory = Path(cwd, args.directory)
+    try:
+        project = await asyncio.to_thread(_load, args, memo)
+        await asyncio.to_thread(noop.remove_stamp, str(project.root))
+        return await full_build(args, project, None, _stamp_key(args, None), out, err, shared)
+    except UserError as exc:
+        print(f"majordomo: {exc}", file=err)
+        return EXIT_USAGE
+
+
+async def full_build(args: argparse.Namespace, project, nats_url: str | None,  # type: ignore[no-untyped-def]
+                     stamp_key: str | None, out: TextIO, err: TextIO, shared: Federation | None = None) -> int:
+    import asyncio
     import json
 
     from majordomo import noop
     from majordomo.progress import make_reporter
     from majordomo.state import State, StateError
 
-    project = _load(args)
     try:
         state = State(project.root)
     except StateError as exc:
         raise UserError(str(exc)) from None
-    human: TextIO = sys.stderr if args.json else sys.stdout
+    human = err if args.json else out
     reporter = make_reporter(human, quiet=args.quiet, verbose=args.verbose, live=not args.json)
     try:
-        report, build = asyncio.run(_run_build(project, state, args, nats_url, reporter))
+        report, build = await _run_build(project, state, args, nats_url, reporter, shared)
     finally:
         state.close()
     if report.ok and stamp_key is not None:
         files, tools = build.stamp_inputs()
-        noop.write_stamp(str(project.root), stamp_key, args.file, files, tools,
-                         report.steps_run + report.steps_cached)
+        await asyncio.to_thread(noop.write_stamp, str(project.root), stamp_key, args.file, files, tools,
+                                report.steps_run + report.steps_cached)
     reporter.summary(report)
     if args.json:
-        print(json.dumps(report.as_json()), flush=True)
+        print(json.dumps(report.as_json()), file=out, flush=True)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[no-untyped-def]
+async def _run_build(project, state, args, nats_url, reporter, shared=None):  # type: ignore[no-untyped-def]
     from majordomo.engine import Build, BuildError, BuildOptions
     from protocol import subjects
 
@@ -276,7 +343,10 @@ async def _run_build(project, state, args, nats_url, reporter):  # type: ignore[
                            lease_s=max(0.5, args.lease), max_attempts=max(1, args.max_attempts),
                            dashboard_port=args.dashboard)
     metrics, server, address = _metrics_server(args)
-    build = Build(project, state, options, on_step=reporter.step, on_event=reporter.event, metrics=metrics)
+    build = Build(project, state, options, on_step=reporter.step, on_event=reporter.event, metrics=metrics,
+                  shared=shared)
+    if shared is not None:
+        shared.pod_id = build.pod_id
     try:
         if server:
             await server.start(*address)

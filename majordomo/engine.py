@@ -169,6 +169,9 @@ class Build:
         await self._remove_stale_outputs()
         try:
             await self._execute(units)
+        except asyncio.CancelledError:
+            await self._cancel_on_chefs()
+            raise
         finally:
             self._probe.save()
             self.report.duration_s = time.monotonic() - started
@@ -809,6 +812,16 @@ class Build:
                 slots = sum(c.slots for c in self._chefs)
                 self._jobs = asyncio.Semaphore(self.options.jobs or max(1, slots))
             return self._fed
+
+    async def _cancel_on_chefs(self) -> None:
+        """Cancelled (Ctrl-C): tell the chefs to stop this build's steps. Resident chefs would
+        otherwise cook them to the end for nobody."""
+        nc = self._fed.nc if self._fed else None
+        if nc is None or not nc.is_connected:
+            return
+        with contextlib.suppress(Exception):
+            await nc.publish(subjects.build_cancelled(self.options.federation), self.build_id.encode())
+            await asyncio.wait_for(nc.flush(), 2)
 
     def _count_fetched(self, puller: Puller) -> None:
         """What our own puller fetched in this build: over SFTP, and copied from same-host chefs."""

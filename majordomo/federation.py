@@ -112,8 +112,10 @@ class Federation:
                  federation: str = subjects.DEFAULT_FEDERATION,
                  resolve: Callable[[str], Path | None] | None = None,
                  sftp_listen: tuple[str, int] = ("127.0.0.1", 0), advertise_host: str = "",
-                 resident: bool = True) -> None:
+                 resident: bool = True, attach_url: str | None = None) -> None:
         self.root = project_root
+        # The resident supervisor's own build server: the embedded federation is its own, already up.
+        self.attach_url = attach_url
         # Builds join the project's resident embedded federation; a watch session, which keeps its
         # own up for its whole life anyway, starts a private one and leaves no process behind.
         self.resident = resident
@@ -176,7 +178,10 @@ class Federation:
         self.puller = Puller(fed_key, Store(self.state_dir / "store"))
         url = self.nats_url
         idle_s = idle_seconds() if self.resident else 0.0
-        if url is None and idle_s > 0:
+        if url is None and self.attach_url:
+            # Not named "majordomo:": the supervisor counts those connections as builds in progress.
+            self.nc = await connect(self.attach_url, f"resident:{self.pod_id}", on_reconnect=self._on_reconnect)
+        elif url is None and idle_s > 0:
             self.nc = await self._join_resident(str(key_path), idle_s)
         else:
             if url is None:

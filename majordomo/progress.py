@@ -94,6 +94,8 @@ class LineReporter:
 
 def is_live_terminal(out: TextIO) -> bool:
     """A terminal that understands cursor movement: a TTY, and TERM set and not `dumb`."""
+    if hasattr(out, "forwarded_size"):  # the resident build server's stream: the client checked TERM
+        return out.isatty()
     if os.environ.get("TERM", "dumb") in ("", "dumb"):
         return False
     try:

@@ -274,6 +274,8 @@ class TtyReporter:
         return [printable(line)[:width] for line in lines]
 
     def _terminal_size(self) -> os.terminal_size:
+        if forwarded := getattr(self.out, "forwarded_size", None):  # a client's terminal, via the build server
+            return forwarded
         try:
             return os.get_terminal_size(self.out.fileno())
         except (AttributeError, OSError, ValueError):

@@ -17,7 +17,6 @@ build while it starts one, so two builds never start two).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -26,14 +25,16 @@ import shutil
 import signal
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from artefacts.lifeline import pid_alive
-from artefacts.natsutil import EmbeddedNats
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from artefacts.natsutil import EmbeddedNats
+    from majordomo.build_server import BuildServer
     from majordomo.federation import LocalChefs
 
 READY = "resident-ready"
@@ -42,6 +43,10 @@ CHECK_S = 2.0
 STOP_TIMEOUT_S = 20.0
 START_TIMEOUT_S = 40.0
 _PACKAGES = ("artefacts", "chefs", "majordomo", "protocol")
+# What the federation's processes take from the environment at start: a build whose values differ
+# must not join them (another PATH finds other tools; the others change keys or transfers).
+_ENV_EXACT = ("PATH", "MAJORDOMO_KEY", "MAJORDOMO_AUTHORIZED_KEYS")
+_ENV_PREFIX = "CP_"
 
 
 def idle_seconds() -> float:
@@ -67,6 +72,14 @@ def fingerprint() -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def environment() -> str:
+    """A digest of the environment the resident processes depend on (see _ENV_EXACT)."""
+    import hashlib
+
+    items = sorted((k, v) for k, v in os.environ.items() if k in _ENV_EXACT or k.startswith(_ENV_PREFIX))
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
 
 
 def info_path(state_dir: Path) -> Path:
@@ -152,19 +165,30 @@ def _spawn(state_dir: Path, lock_fd: int, idle_s: float) -> str:
     return line.split()[1]
 
 
+def running(state_dir: Path, key: str) -> dict | None:
+    """The project's resident federation's info if one is up with our code, key and environment."""
+    info = read_info(state_dir)
+    if info is None or not pid_alive(int(info["pid"])) or not lock_is_held(state_dir):
+        return None
+    return info if _suits(info, key) else None
+
+
+def _suits(info: dict, key: str) -> bool:
+    return info["fingerprint"] == fingerprint() and info.get("key") == key and info.get("env") == environment()
+
+
 def join_or_start(state_dir: Path, key: str, idle_s: float) -> str:
     """The URL of the project's resident federation, started now if none runs with our code and key.
 
     Blocking (locks, a child's start-up): call it in a thread."""
-    wanted = fingerprint()
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         info = read_info(state_dir)
         held = lock_is_held(state_dir)
         if info is not None and held and pid_alive(int(info["pid"])):
-            if info["fingerprint"] == wanted and info.get("key") == key:
+            if _suits(info, key):
                 return str(info["url"])
-            stop_resident(state_dir)  # other code or another key: it must not cook our steps
+            stop_resident(state_dir)  # other code, key or environment: it must not cook our steps
             continue
         if info is not None and not held:
             info_path(state_dir).unlink(missing_ok=True)  # its supervisor died without cleaning up
@@ -186,12 +210,18 @@ def join_or_start(state_dir: Path, key: str, idle_s: float) -> str:
 
 def _majordomo_connected(monitor_url: str) -> bool:
     """Whether any MajorDomo (a build, a watch) holds a connection to the server now."""
+    import urllib.request
+
     with urllib.request.urlopen(f"{monitor_url}/connz?limit=1024", timeout=5) as reply:
         conns = json.load(reply).get("connections") or []
     return any(str(c.get("name", "")).startswith("majordomo:") for c in conns)
 
 
 async def supervise(state_dir: Path, idle_s: float) -> int:
+    import asyncio
+
+    from artefacts.natsutil import EmbeddedNats
+    from majordomo.build_server import BuildServer
     from majordomo.federation import EMBEDDED_CHEFS, LocalChefs, embedded_keys
 
     stopping = asyncio.Event()
@@ -202,28 +232,36 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
     shutil.rmtree(run_dir, ignore_errors=True)  # a killed run's server state is not reused
     server = EmbeddedNats(run_dir / "nats", tied_to_parent=True)
     chefs: LocalChefs | None = None
+    builds: BuildServer | None = None
     try:
         url = await server.start()
         key_path, authorized = await embedded_keys(state_dir)
         chefs = LocalChefs(state_dir, url, key_path, authorized, tied_to_parent=True)
         await chefs.start(EMBEDDED_CHEFS)
-        info = {"url": url, "pid": os.getpid(), "fingerprint": fingerprint(), "idle_s": idle_s, "key": str(key_path)}
+        builds = BuildServer(state_dir.parent, url)
+        await builds.start()
+        info = {"url": url, "pid": os.getpid(), "fingerprint": fingerprint(), "idle_s": idle_s, "key": str(key_path),
+                "env": environment(), "socket": builds.socket_name}
         tmp = info_path(state_dir).with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
         os.replace(tmp, info_path(state_dir))
         print(f"{READY} {url}", flush=True)
-        await _watch(state_dir, server, chefs, idle_s, stopping)
+        await _watch(state_dir, server, chefs, builds, idle_s, stopping)
         return 0
     finally:
         info_path(state_dir).unlink(missing_ok=True)
+        if builds:
+            await builds.stop()
         if chefs:
             await chefs.stop()
         await server.stop()
 
 
-async def _watch(state_dir: Path, server: EmbeddedNats, chefs: LocalChefs, idle_s: float,
+async def _watch(state_dir: Path, server: EmbeddedNats, chefs: LocalChefs, builds: BuildServer, idle_s: float,
                  stopping: asyncio.Event) -> None:
     """Until told to stop: every CHECK_S, stop if idle too long, abandoned, or a process died."""
+    import asyncio
+
     last_used = time.monotonic()
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
@@ -231,25 +269,30 @@ async def _watch(state_dir: Path, server: EmbeddedNats, chefs: LocalChefs, idle_
         if not info_path(state_dir).exists() or not server.running or not chefs.running:
             return
         try:
-            if await asyncio.to_thread(_majordomo_connected, server.monitor_url):
+            if builds.busy or await asyncio.to_thread(_majordomo_connected, server.monitor_url):
                 last_used = time.monotonic()
         except OSError:
             return  # the server does not answer its monitor: nothing to keep
-        if time.monotonic() - last_used > idle_s and await _close_if_still_idle(state_dir, server):
+        last_used = max(last_used, builds.last_used)
+        if time.monotonic() - last_used > idle_s and await _close_if_still_idle(state_dir, server, builds):
             return
 
 
-async def _close_if_still_idle(state_dir: Path, server: EmbeddedNats) -> bool:
-    """Withdraw resident.json (no new build joins from now on), then look once more: a build
-    that read it just before may have connected since, and then we stay."""
+async def _close_if_still_idle(state_dir: Path, server: EmbeddedNats, builds: BuildServer) -> bool:
+    """Withdraw resident.json and refuse new build requests (from now on no build joins), then look
+    once more: a build that read it just before may have connected since, and then we stay."""
+    import asyncio
+
     closing = info_path(state_dir).with_suffix(".closing")
     with contextlib.suppress(OSError):
         os.replace(info_path(state_dir), closing)
+    builds.closing = True
     try:
-        joined = await asyncio.to_thread(_majordomo_connected, server.monitor_url)
+        joined = builds.busy or await asyncio.to_thread(_majordomo_connected, server.monitor_url)
     except OSError:
         joined = False
     if joined:
+        builds.closing = False
         os.replace(closing, info_path(state_dir))
         return False
     closing.unlink(missing_ok=True)
@@ -264,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the resident.lock descriptor, locked by the build that starts us; held for life")
     args = parser.parse_args(argv)
     os.set_inheritable(args.lock_fd, False)  # ours alone: the server and chefs must not keep the slot
+    import asyncio
+
     return asyncio.run(supervise(args.state_dir, args.idle))
 
 

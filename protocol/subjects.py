@@ -34,6 +34,11 @@ def chef_verify(federation: str, chef_id: str) -> str:
     return f"{federation}.chef.{chef_id}.verify"
 
 
+def build_cancelled(federation: str) -> str:
+    """Publish: a build was cancelled (Ctrl-C); payload its build id. Chefs stop its running steps."""
+    return f"{federation}.build.cancelled"
+
+
 def events(federation: str, kind: str = ">") -> str:
     """Published events (JSON): `<fed>.events.<kind>`; subscribe with the default for all of them."""
     return f"{federation}.events.{kind}"

@@ -1,0 +1,108 @@
+"""The thin side of `majordomo build`: hand the build to the project's resident build server.
+
+Only the standard library and the light part of majordomo/resident.py are imported here, so the
+command costs a Python start-up and a socket round trip; see majordomo/build_server.py for the
+server and the wire format. Whenever the server cannot be used (it failed to start, it went away
+before taking the request) the caller builds in-process as before: the server is a speed-up,
+never a requirement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+RETRY = -1
+EXIT_SERVER_LOST = 1
+
+
+def build_in_resident(root: Path, argv: list[str]) -> int | None:
+    """Run `majordomo ARGV` (a build) in the resident build server and return its exit code,
+    printing its output here; None when none runs (or it could not take the build).
+
+    A server is never started from here: the in-process build checks the recipes first and starts
+    the resident federation only when a step must run, so a broken recipe starts nothing."""
+    from majordomo.resident import running
+
+    state_dir = root / ".majordomo"
+    key = str(Path(os.environ.get("MAJORDOMO_KEY") or state_dir / "keys" / "federation"))
+    for _attempt in range(2):  # a server shutting down for idleness says "retry"
+        info = running(state_dir, key) if state_dir.is_dir() else None
+        if info is None or not isinstance(info.get("socket"), str):
+            return None
+        try:
+            sock = _connect(state_dir, info["socket"])
+        except OSError:
+            return None
+        with sock:
+            code = _converse(sock, argv, state_dir)
+        if code != RETRY:
+            return code
+    return None
+
+
+def _connect(state_dir: Path, name: str) -> socket.socket:
+    # Through a directory descriptor: AF_UNIX paths are limited to 108 bytes, project paths are not.
+    fd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(f"/proc/self/fd/{fd}/{os.path.basename(name)}")
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    finally:
+        os.close(fd)
+
+
+def _converse(sock: socket.socket, argv: list[str], state_dir: Path) -> int:
+    request = {"argv": argv, "cwd": os.getcwd(), "out_tty": _live(sys.stdout), "err_tty": _live(sys.stderr),
+               "columns": _columns()}
+    # The socket stays open both ways: the server takes its closing (Ctrl-C, a killed client) as
+    # "cancel the build".
+    sock.sendall(json.dumps(request).encode() + b"\n")
+    with sock.makefile("rb") as frames:
+        for line in frames:
+            try:
+                frame = json.loads(line)
+            except ValueError:
+                continue
+            if "o" in frame:
+                _emit(sys.stdout, frame["o"])
+            elif "e" in frame:
+                _emit(sys.stderr, frame["e"])
+            elif "exit" in frame:
+                return int(frame["exit"])
+            elif frame.get("retry"):
+                return RETRY
+    print(f"majordomo: the resident build server stopped during the build; see {state_dir / 'resident.log'}",
+          file=sys.stderr)
+    return EXIT_SERVER_LOST
+
+
+def _emit(stream: object, text: object) -> None:
+    try:
+        stream.write(str(text))  # type: ignore[attr-defined]
+        stream.flush()  # type: ignore[attr-defined]
+    except (BrokenPipeError, ValueError):
+        pass  # our reader has gone: the build still finishes and is recorded
+
+
+def _live(stream: object) -> bool:
+    if os.environ.get("TERM", "dumb") in ("", "dumb"):
+        return False
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
+
+
+def _columns() -> int:
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 80

@@ -1,0 +1,163 @@
+"""The resident build server: `majordomo build` runs inside the resident supervisor.
+
+A build's own process pays ~0.2 s of Python imports (NATS, SSH) and a connection, an SFTP server and
+the chefs' registry before its first step: more than `make` or `latexmk` take for a whole edit
+cycle. So the supervisor that keeps the embedded federation up also runs builds, as the servers of
+Bazel and Gradle do: the `majordomo build` command is then a thin client (majordomo/build_client.py)
+that sends its arguments over a Unix socket in `.majordomo/` and prints what comes back.
+
+Wire format, one JSON object per line. The client sends one request: `argv`, `cwd`, and how its
+streams render (`out_tty`, `err_tty`, `columns`). The server answers with `{"o": text}` (stdout),
+`{"e": text}` (stderr), and last `{"exit": code}`; or `{"retry": true}` when it is shutting down.
+The client closing the socket (Ctrl-C) cancels its build, as Ctrl-C does in-process.
+
+Builds of the project run one at a time: a second request waits its turn, and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+from majordomo.federation import Federation
+
+SOCKET_NAME = "build.sock"
+log = logging.getLogger(__name__)
+
+
+class ForwardedStream(io.TextIOBase):
+    """A text stream whose writes go to the client as frames of one channel ("o" or "e")."""
+
+    def __init__(self, writer: asyncio.StreamWriter, channel: str, tty: bool, columns: int) -> None:
+        super().__init__()
+        self._writer = writer
+        self._channel = channel
+        self._tty = tty
+        self.forwarded_size = os.terminal_size((max(20, columns), 24))  # read by the live reporter
+
+    def write(self, text: str) -> int:
+        if text and not self._writer.is_closing():
+            self._writer.write(json.dumps({self._channel: text}).encode() + b"\n")
+        return len(text)
+
+    def isatty(self) -> bool:
+        return self._tty  # the client's terminal, with TERM checked there
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a forwarded stream has no descriptor")
+
+
+def socket_address(state_dir: Path) -> tuple[str, int]:
+    """An address for the socket in `state_dir` that fits AF_UNIX's 108 bytes whatever the
+    project's path: through a directory descriptor (Linux), with the descriptor to close after."""
+    fd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{fd}/{SOCKET_NAME}", fd
+
+
+class BuildServer:
+    """Serves build requests for one project on one federation, kept connected between builds."""
+
+    def __init__(self, root: Path, nats_url: str) -> None:
+        self.root = root
+        self.state_dir = root / ".majordomo"
+        self.socket_name = SOCKET_NAME
+        self.federation = Federation(root, "", None, attach_url=nats_url)
+        self.busy = 0  # requests accepted and not finished (waiting or building)
+        self.last_used = time.monotonic()
+        self.closing = False  # set while the supervisor decides to stop for idleness: refuse new work
+        self._turn = asyncio.Lock()
+        self._projects: dict = {}  # the last loaded project, reused while its recipe and files are unchanged
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        path, fd = socket_address(self.state_dir)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a killed supervisor's socket: we hold resident.lock, so it is not live
+            old = os.umask(0o077)  # only our user may connect (and SO_PEERCRED is checked too)
+            try:
+                self._server = await asyncio.start_unix_server(self._serve, path=path, limit=1 << 20)
+            finally:
+                os.umask(old)
+        finally:
+            os.close(fd)
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.state_dir / SOCKET_NAME)
+        await self.federation.stop()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.busy += 1
+        try:
+            if not _same_user(writer):
+                return
+            if self.closing:
+                writer.write(b'{"retry": true}\n')
+                return
+            try:
+                request = json.loads(await reader.readline())
+                argv, cwd = list(map(str, request["argv"])), str(request["cwd"])
+            except (ValueError, KeyError, TypeError):
+                return  # not our client: nothing to answer
+            out = ForwardedStream(writer, "o", bool(request.get("out_tty")), int(request.get("columns") or 80))
+            err = ForwardedStream(writer, "e", bool(request.get("err_tty")), int(request.get("columns") or 80))
+            code = await self._run_while_connected(reader, argv, cwd, out, err)
+            if code is not None:
+                writer.write(json.dumps({"exit": code}).encode() + b"\n")
+        finally:
+            self.busy -= 1
+            self.last_used = time.monotonic()
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+
+    async def _run_while_connected(self, reader: asyncio.StreamReader, argv: list[str], cwd: str,
+                                   out: ForwardedStream, err: ForwardedStream) -> int | None:
+        """The build's exit code; None if the client went away first (its build is cancelled)."""
+        build = asyncio.create_task(self._build(argv, cwd, out, err))
+        gone = asyncio.create_task(reader.read())  # the client sends nothing more: EOF means it left
+        try:
+            await asyncio.wait({build, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not build.done():
+                build.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await build
+        if build.cancelled():
+            return None
+        if exc := build.exception():
+            log.error("build request %s failed", argv, exc_info=exc)
+            err.write(f"majordomo: internal error in the resident build server: {exc!r} "
+                      f"(see {self.state_dir / 'resident.log'})\n")
+            return 1
+        return build.result()
+
+    async def _build(self, argv: list[str], cwd: str, out: ForwardedStream, err: ForwardedStream) -> int:
+        from majordomo.cli import build_in_server
+
+        if self._turn.locked():
+            err.write("majordomo: waiting for another build of this project to finish\n")
+        async with self._turn:
+            return await build_in_server(argv, cwd, out, err, self.federation, self._projects)
+
+
+def _same_user(writer: asyncio.StreamWriter) -> bool:
+    sock = writer.get_extra_info("socket")
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                              struct.calcsize("3i")))
+    except (OSError, AttributeError):
+        return False
+    return uid == os.getuid()

@@ -1,0 +1,120 @@
+"""The resident build server: once the embedded federation is up, `majordomo build` is a thin
+client that hands the build to it (majordomo/build_server.py, majordomo/build_client.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, UPPER_JOIN, majordomo, write_project
+
+SOURCES = {"src/a.txt": "alpha\n", "src/b.txt": "beta\n"}
+BOUND_S = 60.0
+
+# A client that fails if the build ran in its own process: the in-process path imports nats-py.
+THIN = ("import sys, majordomo.cli as c; code = c.main(sys.argv[1:]); "
+        "sys.exit(code if 'nats' not in sys.modules else 99)")
+
+
+def _thin(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", THIN, "build", "-C", str(project), *args], capture_output=True,
+                          text=True, timeout=120, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def _resident_pid(project: Path) -> int:
+    return int(json.loads((project / ".majordomo" / "resident.json").read_text())["pid"])
+
+
+def test_a_build_after_the_first_runs_in_the_resident_server(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    assert majordomo(project, "build").code == 0  # in-process: it starts the resident federation
+    (project / "src/b.txt").write_text("bravo\n")
+    run = _thin(project, "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])  # --json: the summary is stdout's last line
+    assert summary["ok"] and summary["steps_run"] == 2 and summary["steps_cached"] == 1
+    assert "build ok: 2 run" in run.stderr  # the human lines go to stderr with --json, as in-process
+    assert (project / "build/all.txt").read_text() == "ALPHA\nBRAVO\n"
+
+    # A failing step: its message and exit code come back through the server too.
+    (project / "majordomo.toml").write_text(UPPER_JOIN.replace("cat $^ > $@", "cat $^ > $@; exit 3"))
+    failed = _thin(project)
+    assert failed.returncode == 1, failed.stderr
+    assert "join" in failed.stdout and "FAILED" in failed.stdout.upper()
+
+
+def test_a_recipe_error_is_reported_by_the_server_and_changes_nothing(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    assert majordomo(project, "build").code == 0
+    before = (project / "build/all.txt").read_text()
+    (project / "majordomo.toml").write_text(UPPER_JOIN + "\n[[step]]\nname = \n")
+    run = _thin(project)
+    assert run.returncode == 2 and "majordomo.toml" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert (project / "build/all.txt").read_text() == before
+
+
+def test_another_environment_gets_another_resident_federation(tmp_path: Path) -> None:
+    """Chefs take PATH and CP_* settings from the build that started them: a build with others
+    must not use them."""
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    assert majordomo(project, "build").code == 0
+    first = _resident_pid(project)
+    (project / "src/a.txt").write_text("apple\n")
+    run = majordomo(project, "build", "--json", env={"CP_SAME_HOST": "0"})
+    assert run.code == 0 and run.summary["steps_run"] == 2, run.stderr
+    assert _resident_pid(project) != first
+
+
+def test_ctrl_c_of_the_client_cancels_its_build_in_the_server(tmp_path: Path) -> None:
+    recipe = UPPER_JOIN + '\n[[step]]\nname = "slow"\ninputs = ["build/all.txt"]\noutputs = ["build/slow.txt"]\n' \
+                          'command = "sleep $NAP; cp $< $@"\n\n[vars]\nNAP = "0"\n'
+    project = write_project(tmp_path / "p", recipe, SOURCES)
+    assert majordomo(project, "build").code == 0
+    (project / "src/a.txt").write_text("apple\n")
+    nap = "397.25"  # a duration no other process on the machine sleeps for
+    client = subprocess.Popen([sys.executable, "-c", THIN, "build", "-C", str(project), "--var", f"NAP={nap}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert _wait_for(lambda: _sleepers(nap)), "the slow step never started"
+        client.send_signal(signal.SIGINT)
+        assert client.wait(BOUND_S) == 130
+        assert "interrupted" in (client.stderr.read() if client.stderr else "")
+        assert _wait_for(lambda: not _sleepers(nap)), "the server did not cancel the step"
+    finally:
+        if client.poll() is None:
+            client.kill()
+    # The server is still up and serves the next build; the cancelled step was never recorded.
+    pid = _resident_pid(project)
+    run = _thin(project, "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1])["steps_run"] == 1  # slow only: the rest finished
+    assert _resident_pid(project) == pid
+    assert (project / "build/slow.txt").read_text() == "APPLE\nBETA\n"
+
+
+def _sleepers(nap: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmdline[:2] == [b"sleep", nap.encode()]:
+                found.append(int(entry))
+    return found
+
+
+def _wait_for(condition) -> bool:  # type: ignore[no-untyped-def]
+    """Poll /proc until `condition` holds (other processes' lives have no event for us), bounded."""
+    deadline = time.monotonic() + BOUND_S
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
