@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ from protocol.messages import (
 )
 
 if TYPE_CHECKING:  # the federation stack (nats-py, asyncssh) costs ~0.3 s to import: only when needed
+    from nats.aio.client import Client as NATS
+
     from artefacts.ownership import FederationMaps
     from artefacts.sftp_client import Puller
     from majordomo.federation import Federation
@@ -52,6 +55,9 @@ if TYPE_CHECKING:  # the federation stack (nats-py, asyncssh) costs ~0.3 s to im
 
 REASK_S = 2.0  # how often a step's answer is asked for again while its chef's lease holds
 REASK_AFTER_FAILOVER_S = 1.0  # sooner while the chef is not back on NATS yet
+# Cached steps published one by one on NATS, per build; past this, `build.finished` counts them
+# (a dashboard does not need 10,000 "cached" lines, and publishing them cost a big no-op 0.1 s).
+CACHED_EVENTS_MAX = 100
 ABSENT = "absent:"  # digest placeholder of a discovered input that no longer exists: forces a rerun
 _decode_result = decoder(StepResult)
 
@@ -156,6 +162,7 @@ class Build:
         self._stat_snapshot: dict[str, StatEntry] | None = None
         self._events: list[tuple[str, str, str, dict[str, object]]] = []  # until the federation is up
         self._publishing: set[asyncio.Task[None]] = set()
+        self._outbox: deque[tuple[str, bytes]] = deque()  # events waiting for the publisher task
         self._served: dict[str, Path] = {}  # digest -> workspace file this pod serves
         self._regenerating: dict[str, asyncio.Task[None]] = {}
         self._done = 0
@@ -898,9 +905,10 @@ class Build:
                 self._owners().setdefault(digest, set()).update(found.owners)
 
     def _owners(self) -> dict[str, set[str]]:
-        """The ownership map in memory: loaded once, then kept current with each result."""
+        """The ownership map in memory: each digest's owners read from the state when first asked
+        for (a big project's whole table is not read for a few steps), then kept current."""
         if self._owner_map is None:
-            self._owner_map = self.state.load_owners()
+            self._owner_map = _OwnersFromState(self.state.owners_of)
         return self._owner_map
 
     def _live_owners(self, digest: str) -> list[str]:
@@ -978,7 +986,10 @@ class Build:
         if self.metrics:
             self.metrics.step(outcome.state, outcome.duration_s)
         if outcome.state == "cached":
-            self._publish("step.cached", outcome.step)
+            if r.steps_cached <= CACHED_EVENTS_MAX:
+                self._publish("step.cached", outcome.step)
+            elif self.on_event is not None:  # the live progress still sees every one
+                self.on_event("step.cached", outcome.step.id, "", {})
         elif outcome.state == "skipped":
             self._publish("step.skipped", outcome.step, detail={"message": outcome.message})
         elif outcome.state == "failed" and not outcome.chef:  # chefs publish the failures they see
@@ -1005,11 +1016,52 @@ class Build:
         kind, step_id, chef, detail = entry
         event = Event(kind=kind, at=time.time(), source=f"majordomo:{self.pod_id}", build_id=self.build_id,
                       step_id=step_id, chef_id=chef, detail=detail)
-        assert fed.nc
-        task = asyncio.get_running_loop().create_task(
-            _quiet(fed.nc.publish(subjects.events(self.options.federation, kind), encode_json(event))))
-        self._publishing.add(task)  # asyncio keeps only weak references to tasks
-        task.add_done_callback(self._publishing.discard)
+        self._outbox.append((subjects.events(self.options.federation, kind), encode_json(event)))
+        if len(self._outbox) == 1:  # no publisher running: start one (a task per event costs more than the event)
+            assert fed.nc
+            task = asyncio.get_running_loop().create_task(self._drain_outbox(fed.nc))
+            self._publishing.add(task)  # asyncio keeps only weak references to tasks
+            task.add_done_callback(self._publishing.discard)
+
+    async def _drain_outbox(self, nc: NATS) -> None:
+        """Publish queued events in order; best effort: a failed publish never fails the build."""
+        while self._outbox:
+            subject, payload = self._outbox[0]
+            with contextlib.suppress(Exception):
+                await nc.publish(subject, payload)
+            self._outbox.popleft()
+
+
+class _OwnersFromState(dict[str, set[str]]):
+    """A digest -> owners dict that fills each entry from the state on first access."""
+
+    def __init__(self, read: Callable[[str], set[str]]) -> None:
+        super().__init__()
+        self._read = read
+        self._asked: set[str] = set()
+
+    def _fill(self, digest: str) -> None:
+        if digest not in self._asked:
+            self._asked.add(digest)
+            if found := self._read(digest):
+                super().setdefault(digest, set()).update(found)
+
+    def get(self, digest: str, default=None):  # type: ignore[no-untyped-def, override]
+        self._fill(digest)
+        return super().get(digest, default)
+
+    def setdefault(self, digest: str, default: set[str]) -> set[str]:  # type: ignore[override]
+        self._fill(digest)
+        return super().setdefault(digest, default)
+
+    def __getitem__(self, digest: str) -> set[str]:
+        self._fill(digest)
+        return super().__getitem__(digest)
+
+    def __contains__(self, digest: object) -> bool:
+        if isinstance(digest, str):
+            self._fill(digest)
+        return super().__contains__(digest)
 
 
 def _short(digest: str) -> str:

@@ -15,9 +15,12 @@ class MajordomoMetrics:
         self.bytes_pulled = 0
         self.bytes_local = 0
         self.lease_losses = 0
+        self._keys: dict[str, LabelKey] = {}  # outcome -> its label key, made once (10,000 cached steps)
 
     def step(self, state: str, duration_s: float) -> None:
-        key = labels(outcome=state, pod=self.pod)
+        key = self._keys.get(state)
+        if key is None:
+            key = self._keys[state] = labels(outcome=state, pod=self.pod)
         self.steps[key] = self.steps.get(key, 0) + 1
         if state == "run":
             self.durations.observe(duration_s)

@@ -164,6 +164,9 @@ class State:
         row = self._db.execute("SELECT digest FROM stat_cache WHERE path=?", (path,)).fetchone()
         return row[0] if row and row[0] else None
 
+    def owners_of(self, digest: str) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT pod FROM owners WHERE digest=?", (digest,))}
+
     def load_owners(self) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
         for digest, pod in self._db.execute("SELECT digest, pod FROM owners"):

@@ -6,6 +6,7 @@ versions of the tools a step uses into its action key.
 
 from __future__ import annotations
 
+import functools
 import shlex
 
 # Tools a chef of each kind probes and advertises.
@@ -37,6 +38,11 @@ def command_tool(command: str) -> str | None:
 
 def step_tools(kind: str, command: str, extra: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
     """Sorted tool names whose identities belong in a step's action key."""
+    return _step_tools(kind, command, tuple(extra))
+
+
+@functools.lru_cache(maxsize=1 << 16)  # a resident build server asks again for the same steps every build
+def _step_tools(kind: str, command: str, extra: tuple[str, ...]) -> tuple[str, ...]:
     tools = set(KIND_BASE_TOOLS.get(kind, ("sh",))) | set(extra)
     first = command_tool(command)
     if first and first in KIND_TOOLS.get(kind, ()):
