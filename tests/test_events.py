@@ -98,3 +98,39 @@ command = "for i in 1 2 3; do echo progress-$$i; sleep 0.3; done; cp $< $@"
     assert len(logs) >= 2  # streamed while running, not only at the end
     assert kinds.index("step.log") < kinds.index("step.done")
     assert "".join(logs) == "progress-1\nprogress-2\nprogress-3\n"
+
+
+async def test_cached_steps_are_published_up_to_a_cap_and_counted_at_the_end(tmp_path: Path, federation) -> None:
+    """A big no-op-ish build must not flood the bus: the first CACHED_EVENTS_MAX cached steps are
+    published, build.finished counts them all."""
+    from majordomo.engine import CACHED_EVENTS_MAX
+
+    count = CACHED_EVENTS_MAX + 20
+    recipe = '[[rule]]\nname = "copy"\ninputs = ["src/%.txt"]\noutputs = ["out/%.txt"]\ncommand = "cp $< $@"\n' \
+             '\n[[step]]\nname = "last"\ninputs = ["x.txt"]\noutputs = ["out/x.txt"]\ncommand = "cp $< $@"\n'
+    project = write_project(tmp_path / "p", recipe, {"x.txt": "1\n", **{f"src/{i}.txt": f"{i}\n" for i in range(count)}})
+    first = await asyncio.to_thread(majordomo, project, "build", "--nats", federation.url, env=federation.env)
+    assert first.code == 0, first.stderr
+    (project / "x.txt").write_text("2\n")  # one step runs, so the build reaches the federation
+    nc = await nats.connect(federation.url, name="test-events")
+    seen: list[dict] = []
+    finished = asyncio.Event()
+
+    async def collect(msg) -> None:  # type: ignore[no-untyped-def]
+        event = json.loads(msg.data)
+        seen.append(event)
+        if event["kind"] == "build.finished":
+            finished.set()
+
+    await nc.subscribe("cp.events.>", cb=collect)
+    await nc.flush()
+    try:
+        run = await asyncio.to_thread(majordomo, project, "build", "--nats", federation.url, env=federation.env)
+        assert run.code == 0, run.stderr
+        await asyncio.wait_for(finished.wait(), 10)
+    finally:
+        await nc.close()
+    cached = [e for e in seen if e["kind"] == "step.cached"]
+    assert len(cached) == CACHED_EVENTS_MAX
+    summary = next(e for e in seen if e["kind"] == "build.finished")["detail"]
+    assert summary["steps_cached"] == count and summary["steps_run"] == 1
