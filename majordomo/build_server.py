@@ -25,6 +25,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from majordomo.federation import Federation
@@ -112,9 +113,7 @@ class BuildServer:
                 return  # not our client: nothing to answer
             out = ForwardedStream(writer, "o", bool(request.get("out_tty")), int(request.get("columns") or 80))
             err = ForwardedStream(writer, "e", bool(request.get("err_tty")), int(request.get("columns") or 80))
-            code = await self._run_while_connected(reader, argv, cwd, out, err)
-            if code is not None:
-                writer.write(json.dumps({"exit": code}).encode() + b"\n")
+            await self._run_while_connected(reader, _Reply(writer), argv, cwd, out, err)
         finally:
             self.busy -= 1
             self.last_used = time.monotonic()
@@ -122,35 +121,55 @@ class BuildServer:
                 await writer.drain()
             writer.close()
 
-    async def _run_while_connected(self, reader: asyncio.StreamReader, argv: list[str], cwd: str,
-                                   out: ForwardedStream, err: ForwardedStream) -> int | None:
-        """The build's exit code; None if the client went away first (its build is cancelled)."""
-        build = asyncio.create_task(self._build(argv, cwd, out, err))
+    async def _run_while_connected(self, reader: asyncio.StreamReader, reply: _Reply, argv: list[str], cwd: str,
+                                   out: ForwardedStream, err: ForwardedStream) -> None:
+        """Run the build until it is done, or cancel it if the client goes away before its answer."""
+        build = asyncio.create_task(self._build(reply, argv, cwd, out, err))
         gone = asyncio.create_task(reader.read())  # the client sends nothing more: EOF means it left
         try:
             await asyncio.wait({build, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
-            if not build.done():
+            if not build.done() and not reply.sent:
                 build.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await build
-        if build.cancelled():
-            return None
-        if exc := build.exception():
+                await build  # answered already: its last work (the no-op stamp) is not cut short
+        if not build.cancelled() and (exc := build.exception()):
             log.error("build request %s failed", argv, exc_info=exc)
             err.write(f"majordomo: internal error in the resident build server: {exc!r} "
                       f"(see {self.state_dir / 'resident.log'})\n")
-            return 1
-        return build.result()
+            await reply.exit(1)
 
-    async def _build(self, argv: list[str], cwd: str, out: ForwardedStream, err: ForwardedStream) -> int:
+    async def _build(self, reply: _Reply, argv: list[str], cwd: str, out: ForwardedStream,
+                     err: ForwardedStream) -> None:
         from majordomo.cli import build_in_server
 
         if self._turn.locked():
             err.write("majordomo: waiting for another build of this project to finish\n")
         async with self._turn:
-            return await build_in_server(argv, cwd, out, err, self.federation, self._projects)
+            later: list[Callable[[], Awaitable[None]]] = []
+            code = await build_in_server(argv, cwd, out, err, self.federation, self._projects, later)
+            await reply.exit(code)
+            # After the answer, still in our turn: the no-op stamp may wait a clock tick for the
+            # outputs just written to age (majordomo/noop.py); the client need not wait for it.
+            for work in later:
+                await work()
+
+
+class _Reply:
+    """The end of one request's answer: its exit code, sent once."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.sent = False
+
+    async def exit(self, code: int) -> None:
+        if self.sent:
+            return
+        self.sent = True
+        self.writer.write(json.dumps({"exit": code}).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
 
 
 def _same_user(writer: asyncio.StreamWriter) -> bool:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from majordomo.federation import Federation
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -283,9 +285,10 @@ def _full_build(args: argparse.Namespace, nats_url: str | None, stamp_key: str |
 
 
 async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, shared: Federation,
-                          memo: dict | None = None) -> int:
+                          memo: dict | None = None, later: list[Callable[[], Awaitable[None]]] | None = None) -> int:
     """`majordomo build ARGV` run by the resident build server on its own federation, printing to
-    the client's streams. The client has parsed ARGV and found no no-op stamp."""
+    the client's streams. The client has parsed ARGV and found no no-op stamp. Work the client
+    need not wait for (the stamp) is appended to `later`."""
     import asyncio
 
     from majordomo import noop
@@ -295,15 +298,17 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
     try:
         project = await asyncio.to_thread(_load, args, memo)
         await asyncio.to_thread(noop.remove_stamp, str(project.root))
-        return await full_build(args, project, None, _stamp_key(args, None), out, err, shared)
+        return await full_build(args, project, None, _stamp_key(args, None), out, err, shared, later)
     except UserError as exc:
         print(f"majordomo: {exc}", file=err)
         return EXIT_USAGE
 
 
 async def full_build(args: argparse.Namespace, project, nats_url: str | None,  # type: ignore[no-untyped-def]
-                     stamp_key: str | None, out: TextIO, err: TextIO, shared: Federation | None = None) -> int:
+                     stamp_key: str | None, out: TextIO, err: TextIO, shared: Federation | None = None,
+                     later: list[Callable[[], Awaitable[None]]] | None = None) -> int:
     import asyncio
+    import functools
     import json
 
     from majordomo import noop
@@ -322,8 +327,12 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
         state.close()
     if report.ok and stamp_key is not None:
         files, tools = build.stamp_inputs()
-        await asyncio.to_thread(noop.write_stamp, str(project.root), stamp_key, args.file, files, tools,
-                                report.steps_run + report.steps_cached)
+        stamp = functools.partial(asyncio.to_thread, noop.write_stamp, str(project.root), stamp_key, args.file,
+                                  files, tools, report.steps_run + report.steps_cached)
+        if later is None:
+            await stamp()
+        else:
+            later.append(stamp)
     reporter.summary(report)
     if args.json:
         print(json.dumps(report.as_json()), file=out, flush=True)

@@ -143,6 +143,9 @@ class Build:
         self.sizes: dict[str, int] = {}
         self.executable: set[str] = set()  # artefact paths whose executable bit is set
         self.cutoff: dict[str, str] = {}  # path -> normalised digest, where a normaliser applies
+        # path -> the workspace file's (size, mtime_ns, ino, ctime_ns) when this build took its digest:
+        # the no-op stamp records these, so a file saved during the build is looked at again.
+        self.vouched: dict[str, tuple[int, int, int, int]] = {}
         self._latest: dict[str, tuple[list[OutputRef], str | None]] = {}  # step id -> outputs, producer
         self._fed: Federation | None = None
         self._shared = shared  # a federation that outlives this build (`watch`); not ours to stop
@@ -214,12 +217,14 @@ class Build:
         await self._scan_sources(graph, self._order)
         return units
 
-    def stamp_inputs(self) -> tuple[list[tuple[str, str]], list[str]]:
-        """What the no-op stamp must watch after a successful build, with digests: every file the
-        steps read that no step makes, every output left in the workspace; and the tools in keys."""
+    def stamp_inputs(self) -> tuple[list[tuple[str, str, tuple[int, int, int, int] | None]], list[str]]:
+        """What the no-op stamp must watch after a successful build, with digests and the stats they
+        were taken at: every file the steps read that no step makes, every output left in the
+        workspace; and the tools in keys."""
         paths = self.graph.sources_of(self._order)
         paths += [o for s in self._order for o in s.outputs if self.graph.is_final(o)]
-        files = [(p, d if (d := self.digests.get(p, "")).startswith("sha256:") else "") for p in paths]
+        files = [(p, d if (d := self.digests.get(p, "")).startswith("sha256:") else "", self.vouched.get(p))
+                 for p in paths]
         tools = sorted({t for s in self._order for t in self._tools_of(s)})
         return files, tools
 
@@ -236,6 +241,7 @@ class Build:
             self.digests[rel] = ABSENT
         self.digests.update(result.digests)
         self.sizes.update(result.sizes)
+        self.vouched.update(result.stats)
         self.executable |= result.executable
         for rel, digest in result.digests.items():
             self._served[digest] = self.root / rel
@@ -695,6 +701,7 @@ class Build:
             await self.state.run(lambda: self.state.save_stat_entries(result.updates))
         self.digests.update(result.digests)
         self.sizes.update(result.sizes)
+        self.vouched.update(result.stats)
         self.executable |= result.executable
         for rel in result.missing:
             self.digests[rel] = ABSENT
@@ -741,6 +748,7 @@ class Build:
             if out.executable:
                 os.chmod(dest, 0o755)
             st = os.stat(dest)
+            self.vouched[out.path] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
             await self.state.run(lambda o=out, s=st: self.state.record_produced(
                 o.path, o.digest, step.id, stat_entry(s, o.digest)))
             await self._add_owner(out.digest, self.pod_id, out.size, out.path)
@@ -770,8 +778,11 @@ class Build:
         except FileNotFoundError:
             return False
         now = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-        return entry is not None and entry.digest == out.digest and (
-            entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns) == now
+        if entry is not None and entry.digest == out.digest and (
+                entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns) == now:
+            self.vouched[out.path] = now
+            return True
+        return False
 
     # -- federation, placement, ownership ---------------------------------------------------------
 

@@ -65,12 +65,15 @@ def _project_dirs(root: str) -> list[str]:
     return found
 
 
-def write_stamp(root: str, args_key: str, recipe_file: str, files: list[tuple[str, str]], tools: list[str],
-                steps: int) -> None:
-    """Record the stats that vouch for a successful build (or remove the stamp if they cannot)."""
+def write_stamp(root: str, args_key: str, recipe_file: str,
+                files: list[tuple[str, str, tuple[int, int, int, int] | None]], tools: list[str], steps: int) -> None:
+    """Record the stats that vouch for a successful build (or remove the stamp if they cannot).
+
+    A file's third item is its stat when the build took its digest: a file saved since (during the
+    build) is recorded with that older stat, so the next check sees the difference and hashes it."""
     for _attempt in range(2):
         now = time.time_ns()
-        entries = [(p, _stat(os.path.join(root, p)), digest) for p, digest in files]
+        entries = [(p, _as_taken(_stat(os.path.join(root, p)), taken), digest) for p, digest, taken in files]
         dirs = [(d, _stat(os.path.join(root, d) if d else root)) for d in _project_dirs(root)]
         recipe = _stat(os.path.join(root, recipe_file))
         stats = [s for s in (*(e[1] for e in entries), *(d[1] for d in dirs), recipe) if s is not None]
@@ -99,6 +102,12 @@ def write_stamp(root: str, args_key: str, recipe_file: str, files: list[tuple[st
     dir_paths, dir_blob = _pack(dirs)
     _dump(root, (STAMP_FORMAT, args_key, recipe_file, recipe, paths, stats_blob, digests, dir_paths, dir_blob,
                  tool_stats, steps))
+
+
+def _as_taken(now: _Stat | None, taken: tuple[int, int, int, int] | None) -> _Stat | None:
+    if now is None or taken is None or now[:4] == taken:
+        return now
+    return (*taken, now[_XBITS])  # changed since the build read it: the stamp must not vouch for now
 
 
 def _pack(items: list[tuple[str, _Stat | None]]) -> tuple[str, bytes]:

@@ -27,6 +27,8 @@ class ScanResult:
     executable: set[str] = field(default_factory=set)  # mode bits are not in the digest; they matter
     hashed: list[str] = field(default_factory=list)  # paths whose bytes were read this time
     updates: list[tuple[str, StatEntry]] = field(default_factory=list)  # new stat cache entries
+    # path -> (size, mtime_ns, ino, ctime_ns) of the file as it was when its digest was taken or trusted
+    stats: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
 
 
 def stat_entry(st: os.stat_result, digest: str) -> StatEntry:
@@ -57,6 +59,7 @@ async def scan(root: Path, paths: Iterable[str], cache: dict[str, StatEntry]) ->
             continue
         if st.st_mode & 0o111:
             result.executable.add(rel)
+        result.stats[rel] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         entry = cache.get(rel)
         if _trusted(entry, st):
             assert entry is not None

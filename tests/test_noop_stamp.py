@@ -66,3 +66,35 @@ def test_future_mtime_neither_hangs_nor_stamps(tmp_path: Path) -> None:
     assert majordomo(project, "build", timeout=60).code == 0
     assert not (project / ".majordomo" / "noop.stamp").exists()
     assert FAST not in majordomo(project, "build", timeout=60).stdout
+
+
+def test_a_file_saved_during_the_build_is_not_vouched_for(tmp_path: Path) -> None:
+    """The stamp pairs each digest with the stat the build took it at: a save between the build
+    reading a file and the stamp being written must make the next build look at the file again."""
+    import hashlib
+    import time
+
+    from majordomo import noop
+
+    root = tmp_path / "p"
+    (root / ".majordomo").mkdir(parents=True)
+    (root / "majordomo.toml").write_text("# recipe\n")
+    source = root / "a.txt"
+    source.write_text("old\n")
+    old = time.time() - 60
+    os.utime(source, (old, old))
+    os.utime(root / "majordomo.toml", (old, old))
+    os.utime(root, (old, old))
+    st = os.stat(source)
+    taken = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    digest = "sha256:" + hashlib.sha256(b"old\n").hexdigest()
+    source.write_text("new\n")  # saved while the build ran: same size, other bytes
+    os.utime(source, (old + 1, old + 1))
+    os.utime(root, (old, old))
+
+    noop.write_stamp(str(root), "key", "majordomo.toml", [("a.txt", digest, taken)], [], 1)
+    assert noop.check_stamp(str(root), "key") is None  # the build must run: a.txt changed
+
+    noop.write_stamp(str(root), "key", "majordomo.toml", [("a.txt", "sha256:" + hashlib.sha256(b"new\n").hexdigest(),
+                                                          None)], [], 1)
+    assert noop.check_stamp(str(root), "key") == 1  # the control: a stamp of the current bytes holds
