@@ -450,7 +450,7 @@ def run(base: Path, n: int, rounds: int, profile: bool) -> list[Row]:
     samples = measure(rounds, [md, ninja, make],
                       prepare=lambda t, r: (t.cwd / rel).write_text(f"changed {r}\n"), check=expect("changed", 3))
     notes = {k: f"ran {ran.get(k)}" for k in samples}
-    notes[md.label] += ", embedded federation started"
+    notes[md.label] += ", in the resident build server"
     report("changed", samples, {md.label: REBUILD_TARGET}, notes)
     _same_outputs(projects)
     return rows
