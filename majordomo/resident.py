@@ -9,9 +9,13 @@ project's state directory goes away, when one of its processes dies (the next bu
 fresh one), on SIGTERM (`majordomo stop`), or when the code it runs is not the code of the build
 asking for it (an upgrade, an edit of this repository).
 
-Files, in `.majordomo/`: `resident.json` (url, pid, fingerprint; written once everything is up,
-removed on the way down) and `resident.lock` (held by the supervisor for its whole life, and by a
-build while it starts one, so two builds never start two).
+The supervisor also runs builds (majordomo/build_server.py): once it is up, `majordomo build` hands
+its arguments to it over `build.sock` instead of importing the engine and the federation stack.
+
+Files, in `.majordomo/`: `resident.json` (url, pid, code fingerprint, key, environment digest,
+socket; written once everything is up, removed on the way down), `resident.lock` (held by the
+supervisor for its whole life, and by a build while it starts one, so two builds never start two)
+and `build.sock`.
 """
 
 from __future__ import annotations
