@@ -25,8 +25,13 @@ T = TypeVar("T")
 # A KV operation may time out while a NATS cluster elects a new stream leader (a node died):
 # try again for about as long as a lease lasts before giving up.
 RETRY_FOR_S = 10.0
-_TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-              nats.js.errors.ServiceUnavailableError, TimeoutError)
+# What JetStream answers while a leader is being elected: requests time out (5 s each) or find no
+# responder, the API says 503 "temporarily unavailable" (10008), and a KV write (a publish) finds
+# nobody to store it (NoStreamResponseError) until the stream's new leader has subscribed and its
+# interest has reached our node. A fresh cluster answers like this for its first seconds too.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError, TimeoutError)
 
 
 async def retrying(operation: Callable[[], Awaitable[T]], *, for_s: float = RETRY_FOR_S) -> T:
@@ -37,7 +42,7 @@ async def retrying(operation: Callable[[], Awaitable[T]], *, for_s: float = RETR
     while True:
         try:
             return await operation()
-        except _TRANSIENT:
+        except TRANSIENT:
             if asyncio.get_running_loop().time() + delay > deadline:
                 raise
             await asyncio.sleep(delay)  # a back-off between retries, not a wait for an event
@@ -226,6 +231,7 @@ async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history:
                         return await js.key_value(bucket)
                     if exc.err_code != NO_SUITABLE_PEERS or replicas == 1:
                         raise
+                    log.warning("bucket %s: no room for %d replicas, asking for %d", bucket, replicas, replicas - 1)
 
     # A cluster that just formed answers JetStream requests only once it has elected a leader.
     return await retrying(open_or_create, for_s=30.0)
