@@ -32,6 +32,8 @@ RETRY_FOR_S = 10.0
 TRANSIENT: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
     nats.js.errors.NoStreamResponseError, TimeoutError)
+# A chef starting against a cluster that is still forming waits this long for JetStream to answer.
+JETSTREAM_READY_S = 60.0
 
 
 async def retrying(operation: Callable[[], Awaitable[T]], *, for_s: float = RETRY_FOR_S) -> T:
@@ -56,6 +58,41 @@ class NatsUnreachable(ConnectionError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"cannot reach NATS at {url}: {reason}")
         self.url = url
+
+
+class JetStreamUnavailable(ConnectionError):
+    """NATS answers, but its JetStream (the registry and the shared maps) did not within the wait."""
+
+    def __init__(self, url: str, waited_s: float, reason: str) -> None:
+        super().__init__(f"JetStream at {url} did not answer within {waited_s:g}s ({reason}); "
+                         "is JetStream enabled, and does the cluster have a quorum of its nodes?")
+        self.url = url
+
+
+async def when_jetstream_ready(url: str, setup: Callable[[], Awaitable[T]], *,
+                               for_s: float = JETSTREAM_READY_S) -> T:
+    """Run `setup` (open buckets, make a first write) until JetStream answers it, at most `for_s`
+    seconds in all, or raise JetStreamUnavailable naming the URL.
+
+    A cluster that just formed answers JetStream only once it has elected its metadata leader, and
+    a bucket's first write succeeds only once that stream has elected its own leader."""
+    last = "still unavailable"
+    deadline = asyncio.get_running_loop().time() + for_s
+
+    async def attempt() -> T:
+        nonlocal last
+        try:
+            return await setup()
+        except TRANSIENT as exc:
+            described = exc.description if isinstance(exc, nats.js.errors.APIError) else str(exc)
+            last = described or type(exc).__name__
+            raise
+
+    try:
+        async with asyncio.timeout_at(deadline):  # setup's own retries must not outlast the wait
+            return await retrying(attempt, for_s=for_s)
+    except TRANSIENT:  # also the timeout's own TimeoutError
+        raise JetStreamUnavailable(url, for_s, last) from None
 
 
 async def connect(url: str, name: str, *, deadline_s: float = CONNECT_DEADLINE_S,

@@ -21,7 +21,7 @@ from nats.micro.request import Request
 
 from artefacts.hashing import hash_files
 from artefacts.keys import load_or_create_key, public_key_line
-from artefacts.natsutil import connect, kv_bucket, kv_keys
+from artefacts.natsutil import JETSTREAM_READY_S, connect, kv_bucket, kv_keys, when_jetstream_ready
 from artefacts.ownership import FederationMaps
 from artefacts.samehost import store_access
 from artefacts.sftp_client import VIA_COPY, VIA_LINK, VIA_SFTP, DigestMismatch, Puller, PullError
@@ -77,6 +77,7 @@ class ChefConfig:
     store_max_bytes: int = 0  # evict least recently used entries above this; 0 keeps everything
     hand_over: bool = True  # on SIGTERM, make sure what only we hold has another owner
     metrics_listen: tuple[str, int] | None = None  # HOST:PORT for GET /metrics
+    jetstream_wait_s: float = JETSTREAM_READY_S  # at start, how long JetStream may take to answer
 
 
 class Chef:
@@ -167,12 +168,21 @@ class Chef:
         await self._service.add_endpoint(
             name="verify", subject=subjects.chef_verify(cfg.federation, cfg.id), handler=self._on_verify
         )
-        self._kv = await kv_bucket(self._nc, subjects.chefs_bucket(cfg.federation), ttl=REGISTRY_TTL_S)
-        self._maps = await FederationMaps(self._nc, cfg.federation).open()
-        await self._register()
+        await when_jetstream_ready(cfg.nats_url, self._join_jetstream, for_s=cfg.jetstream_wait_s)
         self._heartbeat = asyncio.create_task(self._beat())
         await self._publish("chef.joined", detail={"kinds": cfg.kinds, "sftp": f"{endpoint.host}:{endpoint.port}"})
         log.info("chef %s ready: kinds=%s sftp=%s:%s", cfg.id, cfg.kinds, endpoint.host, endpoint.port)
+
+    async def _join_jetstream(self) -> None:
+        """Open the registry and the shared maps, and register. Called again until JetStream answers:
+        a cluster that just formed opens buckets once it has a metadata leader, and takes the first
+        write only once the registry's stream has elected a leader whose interest reached our node."""
+        assert self._nc
+        if self._kv is None:
+            self._kv = await kv_bucket(self._nc, subjects.chefs_bucket(self.config.federation), ttl=REGISTRY_TTL_S)
+        if self._maps is None:
+            self._maps = await FederationMaps(self._nc, self.config.federation).open()
+        await self._register()
 
     async def _register(self) -> None:
         assert self._info and self._kv
