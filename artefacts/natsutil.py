@@ -248,6 +248,10 @@ NO_SUITABLE_PEERS = 10005  # JetStream's error code: not enough JetStream nodes 
 STREAM_NAME_IN_USE = 10058  # JetStream's error code: the stream exists with another configuration
 
 
+class BucketBeingCreated(nats.js.errors.ServiceUnavailableError):
+    """Another pod is creating the bucket and JetStream cannot show it yet: transient, like a 503."""
+
+
 async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history: int = 1):  # type: ignore[no-untyped-def]
     """Open a JetStream KV bucket, creating it on first use (creation with one config is idempotent).
 
@@ -265,10 +269,15 @@ async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history:
                     return await js.create_key_value(bucket=bucket, ttl=ttl, history=history, replicas=replicas)
                 except nats.js.errors.BadRequestError as exc:
                     if exc.err_code == STREAM_NAME_IN_USE:  # another pod made it first, maybe with fewer replicas
-                        return await js.key_value(bucket)
+                        try:
+                            return await js.key_value(bucket)
+                        except nats.js.errors.BucketNotFoundError:
+                            # ... and its creation is not applied yet where we asked ("stream not found"):
+                            # seen when chefs start together against a mixed-mode cluster. Open it again.
+                            raise BucketBeingCreated(description=f"bucket {bucket} is being created") from None
                     if exc.err_code != NO_SUITABLE_PEERS or replicas == 1:
                         raise
-                    log.warning("bucket %s: no room for %d replicas, asking for %d", bucket, replicas, replicas - 1)
+                    log.info("bucket %s: no room for %d replicas, asking for %d", bucket, replicas, replicas - 1)
 
     # A cluster that just formed answers JetStream requests only once it has elected a leader.
     return await retrying(open_or_create, for_s=30.0)

@@ -150,12 +150,14 @@ async def standalone(state: Path, *, jetstream: bool = True, name: str = "solo")
 
 
 class LoopbackCluster:
-    """Nodes n1..nN on 127.0.0.1, routed to one another (cluster name `cp`)."""
+    """Nodes n1..nN on 127.0.0.1, routed to one another (cluster name `cp`); those named in
+    without_jetstream hold no stream (mixed mode, as deploy/nats-cluster.conf.template allows)."""
 
-    def __init__(self, state: Path, size: int = 3) -> None:
+    def __init__(self, state: Path, size: int = 3, *, without_jetstream: tuple[str, ...] = ()) -> None:
         state.mkdir(parents=True, exist_ok=True)
         self.state = state
         self.size = size
+        self.without_jetstream = without_jetstream
         self.nodes = self._new_nodes()
 
     def _new_nodes(self) -> list[Node]:
@@ -173,7 +175,7 @@ class LoopbackCluster:
         for attempt in range(3):  # another process may bind a chosen port first: new ports, bounded
             routes = [n.cluster_port for n in self.nodes]
             for node in self.nodes:
-                await node.start(routes)
+                await node.start(routes, jetstream=node.name not in self.without_jetstream)
             try:
                 for node in self.nodes:
                     await node.wait_for(READY, within_s)
@@ -185,12 +187,13 @@ class LoopbackCluster:
                 self.nodes = self._new_nodes()
         if meta_leader:
             for node in self.nodes:
-                await node.wait_for(META_LEADER, within_s)
+                if node.name not in self.without_jetstream:
+                    await node.wait_for(META_LEADER, within_s)
         return self
 
     async def restart(self, node: Node, within_s: float = 30) -> None:
         """Start a killed node again (same ports, same store) and wait until it is ready."""
-        await node.start([n.cluster_port for n in self.nodes])
+        await node.start([n.cluster_port for n in self.nodes], jetstream=node.name not in self.without_jetstream)
         await node.wait_for(READY, within_s)
 
     async def stop(self) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 from natscluster import LoopbackCluster, standalone
 
@@ -18,11 +19,13 @@ from protocol import subjects
 CHEFS = 6
 
 
-async def test_chefs_start_while_the_cluster_forms(tmp_path: Path) -> None:
+@pytest.mark.parametrize("without_jetstream", [(), ("n1",)], ids=["all-jetstream", "mixed-mode"])
+async def test_chefs_start_while_the_cluster_forms(tmp_path: Path, without_jetstream: tuple[str, ...]) -> None:
     # The chefs start the moment every node is up, before the cluster has elected its metadata leader:
-    # they open the same buckets at once (creating them races) and register into a stream whose
-    # leader is still being elected. Each must wait for JetStream, not die on the first answer.
-    cluster = LoopbackCluster(tmp_path / "cluster")
+    # they open the same buckets at once (creating them races: in mixed mode some ask for 3 replicas,
+    # are refused, and meet the stream another made with 2) and register into a stream whose leader
+    # is still being elected. Each must wait for JetStream, not die on the first answer.
+    cluster = LoopbackCluster(tmp_path / "cluster", without_jetstream=without_jetstream)
     chefs = [Chef(ChefConfig(id=f"chef-{n}", nats_url=cluster.nodes[n % 3].url, kinds=["shell"],
                              home=tmp_path / f"chef-{n}", slots=1, sandbox=False, hand_over=False))
              for n in range(CHEFS)]
