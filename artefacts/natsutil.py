@@ -25,8 +25,15 @@ T = TypeVar("T")
 # A KV operation may time out while a NATS cluster elects a new stream leader (a node died):
 # try again for about as long as a lease lasts before giving up.
 RETRY_FOR_S = 10.0
-_TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-              nats.js.errors.ServiceUnavailableError, TimeoutError)
+# What JetStream answers while a leader is being elected: requests time out (5 s each) or find no
+# responder, the API says 503 "temporarily unavailable" (10008), and a KV write (a publish) finds
+# nobody to store it (NoStreamResponseError) until the stream's new leader has subscribed and its
+# interest has reached our node. A fresh cluster answers like this for its first seconds too.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError, TimeoutError)
+# A chef starting against a cluster that is still forming waits this long for JetStream to answer.
+JETSTREAM_READY_S = 60.0
 
 
 async def retrying(operation: Callable[[], Awaitable[T]], *, for_s: float = RETRY_FOR_S) -> T:
@@ -37,7 +44,7 @@ async def retrying(operation: Callable[[], Awaitable[T]], *, for_s: float = RETR
     while True:
         try:
             return await operation()
-        except _TRANSIENT:
+        except TRANSIENT:
             if asyncio.get_running_loop().time() + delay > deadline:
                 raise
             await asyncio.sleep(delay)  # a back-off between retries, not a wait for an event
@@ -51,6 +58,41 @@ class NatsUnreachable(ConnectionError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"cannot reach NATS at {url}: {reason}")
         self.url = url
+
+
+class JetStreamUnavailable(ConnectionError):
+    """NATS answers, but its JetStream (the registry and the shared maps) did not within the wait."""
+
+    def __init__(self, url: str, waited_s: float, reason: str) -> None:
+        super().__init__(f"JetStream at {url} did not answer within {waited_s:g}s ({reason}); "
+                         "is JetStream enabled, and does the cluster have a quorum of its nodes?")
+        self.url = url
+
+
+async def when_jetstream_ready(url: str, setup: Callable[[], Awaitable[T]], *,
+                               for_s: float = JETSTREAM_READY_S) -> T:
+    """Run `setup` (open buckets, make a first write) until JetStream answers it, at most `for_s`
+    seconds in all, or raise JetStreamUnavailable naming the URL.
+
+    A cluster that just formed answers JetStream only once it has elected its metadata leader, and
+    a bucket's first write succeeds only once that stream has elected its own leader."""
+    last = "still unavailable"
+    deadline = asyncio.get_running_loop().time() + for_s
+
+    async def attempt() -> T:
+        nonlocal last
+        try:
+            return await setup()
+        except TRANSIENT as exc:
+            described = exc.description if isinstance(exc, nats.js.errors.APIError) else str(exc)
+            last = described or type(exc).__name__
+            raise
+
+    try:
+        async with asyncio.timeout_at(deadline):  # setup's own retries must not outlast the wait
+            return await retrying(attempt, for_s=for_s)
+    except TRANSIENT:  # also the timeout's own TimeoutError
+        raise JetStreamUnavailable(url, for_s, last) from None
 
 
 async def connect(url: str, name: str, *, deadline_s: float = CONNECT_DEADLINE_S,
@@ -206,6 +248,10 @@ NO_SUITABLE_PEERS = 10005  # JetStream's error code: not enough JetStream nodes 
 STREAM_NAME_IN_USE = 10058  # JetStream's error code: the stream exists with another configuration
 
 
+class BucketBeingCreated(nats.js.errors.ServiceUnavailableError):
+    """Another pod is creating the bucket and JetStream cannot show it yet: transient, like a 503."""
+
+
 async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history: int = 1):  # type: ignore[no-untyped-def]
     """Open a JetStream KV bucket, creating it on first use (creation with one config is idempotent).
 
@@ -223,9 +269,15 @@ async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history:
                     return await js.create_key_value(bucket=bucket, ttl=ttl, history=history, replicas=replicas)
                 except nats.js.errors.BadRequestError as exc:
                     if exc.err_code == STREAM_NAME_IN_USE:  # another pod made it first, maybe with fewer replicas
-                        return await js.key_value(bucket)
+                        try:
+                            return await js.key_value(bucket)
+                        except nats.js.errors.BucketNotFoundError:
+                            # ... and its creation is not applied yet where we asked ("stream not found"):
+                            # seen when chefs start together against a mixed-mode cluster. Open it again.
+                            raise BucketBeingCreated(description=f"bucket {bucket} is being created") from None
                     if exc.err_code != NO_SUITABLE_PEERS or replicas == 1:
                         raise
+                    log.info("bucket %s: no room for %d replicas, asking for %d", bucket, replicas, replicas - 1)
 
     # A cluster that just formed answers JetStream requests only once it has elected a leader.
     return await retrying(open_or_create, for_s=30.0)

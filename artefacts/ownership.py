@@ -15,7 +15,7 @@ import msgspec
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
-from artefacts.natsutil import kv_bucket
+from artefacts.natsutil import RETRY_FOR_S, kv_bucket
 from artefacts.natsutil import retrying as _retrying
 from protocol import subjects
 from protocol.messages import OutputRef, Ownership
@@ -47,8 +47,9 @@ class FederationMaps:
             return None
         return _own_dec.decode(entry.value) if entry.value else None
 
-    async def add_owner(self, digest: str, size: int, pod: str) -> None:
-        await _retrying(lambda: self._change(digest, size, lambda owners: owners if pod in owners else [*owners, pod]))
+    async def add_owner(self, digest: str, size: int, pod: str, *, retry_for_s: float = RETRY_FOR_S) -> None:
+        await _retrying(lambda: self._change(digest, size, lambda owners: owners if pod in owners else [*owners, pod]),
+                        for_s=retry_for_s)
 
     async def remove_owner(self, digest: str, pod: str) -> None:
         await _retrying(lambda: self._change(digest, 0, lambda owners: [o for o in owners if o != pod],
@@ -81,9 +82,11 @@ class FederationMaps:
 
     # -- shared action cache ----------------------------------------------------------------------
 
-    async def put_action(self, action_key: str, outputs: list[OutputRef]) -> None:
+    async def put_action(self, action_key: str, outputs: list[OutputRef], *,
+                         retry_for_s: float = RETRY_FOR_S) -> None:
         with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-            await _retrying(lambda: self._actions.put(subjects.kv_key(action_key), _own_enc.encode(outputs)))
+            await _retrying(lambda: self._actions.put(subjects.kv_key(action_key), _own_enc.encode(outputs)),
+                            for_s=retry_for_s)
 
     async def get_action(self, action_key: str) -> list[OutputRef] | None:
         try:

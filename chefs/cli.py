@@ -11,7 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
-from artefacts.natsutil import NatsUnreachable, local_address_towards
+from artefacts.natsutil import JETSTREAM_READY_S, JetStreamUnavailable, NatsUnreachable, local_address_towards
 from chefs.runtime import Chef, ChefConfig
 from protocol import subjects
 from protocol.kinds import KNOWN_KINDS
@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--heartbeat", type=float, default=2.0, metavar="SECONDS",
                    help="how often to renew the lease (keep well under the MajorDomos' --lease)")
+    p.add_argument("--jetstream-wait", type=float, default=JETSTREAM_READY_S, metavar="SECONDS",
+                   help="at start, how long to wait for JetStream to answer (a cluster still forming)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -72,6 +74,7 @@ def config_from_args(args: argparse.Namespace) -> ChefConfig:
         authorized_keys=authorized, extra_tools=args.tool, sandbox=not args.no_sandbox,
         heartbeat_s=max(0.1, args.heartbeat), metrics_listen=args.metrics_listen,
         store_max_bytes=max(0, args.store_max_bytes), hand_over=not args.no_hand_over,
+        jetstream_wait_s=max(0.0, args.jetstream_wait),
     )
 
 
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(_serve(config))
-    except NatsUnreachable as exc:
+    except (NatsUnreachable, JetStreamUnavailable) as exc:
         print(f"chef: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -22,7 +22,8 @@ from nats.micro.request import Request
 
 from artefacts.hashing import hash_files
 from artefacts.keys import load_or_create_key, public_key_line
-from artefacts.natsutil import connect, kv_bucket, kv_keys
+from artefacts.mapwrites import FLUSH_S, MapWrites
+from artefacts.natsutil import JETSTREAM_READY_S, connect, kv_bucket, kv_keys, when_jetstream_ready
 from artefacts.ownership import FederationMaps
 from artefacts.samehost import store_access
 from artefacts.sftp_client import VIA_COPY, VIA_LINK, VIA_SFTP, DigestMismatch, Puller, PullError
@@ -78,6 +79,7 @@ class ChefConfig:
     store_max_bytes: int = 0  # evict least recently used entries above this; 0 keeps everything
     hand_over: bool = True  # on SIGTERM, make sure what only we hold has another owner
     metrics_listen: tuple[str, int] | None = None  # HOST:PORT for GET /metrics
+    jetstream_wait_s: float = JETSTREAM_READY_S  # at start, how long JetStream may take to answer
 
 
 class Chef:
@@ -95,6 +97,7 @@ class Chef:
         self._info: ChefInfo | None = None
         self._kv = None
         self._maps: FederationMaps | None = None
+        self._writes: MapWrites | None = None  # ownership adds a NATS failover must not lose
         self._heartbeat: asyncio.Task[None] | None = None
         self._inflight_pulls: dict[str, asyncio.Task[str]] = {}  # digest -> pull, answering how it came
         self._bad_owners: dict[str, set[str]] = {}  # digest -> pods that served wrong bytes
@@ -137,7 +140,7 @@ class Chef:
             mhost, mport = await self._metrics_server.start(*cfg.metrics_listen)
             log.info("chef %s: Prometheus metrics on http://%s:%s/metrics", cfg.id, mhost, mport)
 
-        self._nc = await connect(cfg.nats_url, f"chef:{cfg.id}")
+        self._nc = await connect(cfg.nats_url, f"chef:{cfg.id}", on_reconnect=self._on_reconnect)
         now = time.time()
         self._info = ChefInfo(
             id=cfg.id, kinds=list(cfg.kinds), tools=tools, sftp=endpoint, slots=cfg.slots,
@@ -169,12 +172,26 @@ class Chef:
             name="verify", subject=subjects.chef_verify(cfg.federation, cfg.id), handler=self._on_verify
         )
         self._cancels = await self._nc.subscribe(subjects.build_cancelled(cfg.federation), cb=self._on_cancelled)
-        self._kv = await kv_bucket(self._nc, subjects.chefs_bucket(cfg.federation), ttl=REGISTRY_TTL_S)
-        self._maps = await FederationMaps(self._nc, cfg.federation).open()
-        await self._register()
+        await when_jetstream_ready(cfg.nats_url, self._join_jetstream, for_s=cfg.jetstream_wait_s)
         self._heartbeat = asyncio.create_task(self._beat())
         await self._publish("chef.joined", detail={"kinds": cfg.kinds, "sftp": f"{endpoint.host}:{endpoint.port}"})
         log.info("chef %s ready: kinds=%s sftp=%s:%s", cfg.id, cfg.kinds, endpoint.host, endpoint.port)
+
+    async def _join_jetstream(self) -> None:
+        """Open the registry and the shared maps, and register. Called again until JetStream answers:
+        a cluster that just formed opens buckets once it has a metadata leader, and takes the first
+        write only once the registry's stream has elected a leader whose interest reached our node."""
+        assert self._nc
+        if self._kv is None:
+            self._kv = await kv_bucket(self._nc, subjects.chefs_bucket(self.config.federation), ttl=REGISTRY_TTL_S)
+        if self._maps is None:
+            self._maps = await FederationMaps(self._nc, self.config.federation).open()
+            self._writes = MapWrites(self._maps)
+        await self._register()
+
+    async def _on_reconnect(self) -> None:
+        if self._writes:
+            self._writes.nudge()
 
     async def _register(self) -> None:
         assert self._info and self._kv
@@ -205,6 +222,9 @@ class Chef:
                 await self._register()
             except Exception as exc:  # NATS briefly away: the next beat tries again
                 log.warning("heartbeat failed: %s", exc)
+                continue
+            if self._writes and self._writes.pending:  # JetStream answers again: replay without waiting
+                self._writes.nudge()
 
     async def run_until_stopped(self) -> None:
         await self._stopping.wait()
@@ -221,6 +241,10 @@ class Chef:
                 await self._service.stop()
         if self._running:
             await asyncio.wait(list(self._running.values()), timeout=drain_s)
+        if self._writes:  # before the hand-over removes our ownership: a late replay must not add it back
+            unwritten = await self._writes.close(FLUSH_S)
+            if unwritten:
+                log.warning("chef %s: %s", self.config.id, unwritten)
         if self.config.hand_over and self._maps and self._nc and not self._nc.is_closed:
             try:
                 await asyncio.wait_for(self._hand_over(), hand_over_s)
@@ -328,6 +352,8 @@ class Chef:
         high = self.config.store_max_bytes
         victims = await asyncio.to_thread(self.store.eviction_candidates, high, int(high * 0.8), self.cook.in_use())
         for digest, _size in victims:
+            if self._writes:
+                self._writes.forget_owner(digest, self.config.id)
             if self._maps:
                 try:
                     await self._maps.remove_owner(digest, self.config.id)
@@ -393,6 +419,8 @@ class Chef:
         for digest in dropped:
             await asyncio.to_thread(self.store.quarantine, digest)
             log.warning("chef %s: stored copy of %s was corrupt; quarantined", self.config.id, digest)
+            if self._writes:
+                self._writes.forget_owner(digest, self.config.id)
             if self._maps:
                 with contextlib.suppress(Exception):
                     await self._maps.remove_owner(digest, self.config.id)
@@ -496,11 +524,12 @@ class Chef:
         return via
 
     async def _announce_owned(self, ref: InputRef) -> None:
-        if self._maps:
-            try:
-                await self._maps.add_owner(ref.digest, ref.size, self.config.id)
-            except Exception as exc:
-                log.warning("could not record ownership of %s: %s", ref.digest, exc)
+        if self._writes:  # kept and replayed if the cluster cannot take it now (a failover)
+            waiting = self._writes.pending
+            why = await self._writes.write([self._writes.owner(ref.digest, ref.size, self.config.id)])
+            if why and not waiting:  # once per outage, not once per artefact
+                log.warning("chef %s: JetStream does not take ownership writes now (%s): kept to replay",
+                            self.config.id, why)
         await self._publish("artefact.owned", detail={"path": ref.path, "digest": ref.digest, "size": ref.size,
                                                       "pod": self.config.id})
 

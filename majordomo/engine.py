@@ -657,15 +657,15 @@ class Build:
                                                                    "size": out.size, "pod": result.chef_id})
         for digest in {r for r in inputs.values() if r != ABSENT}:
             self._owners().setdefault(digest, set()).add(result.chef_id)  # it pulled what it lacked
-        if self._maps:
-            maps = self._maps
-            try:
-                await asyncio.gather(*(maps.add_owner(o.digest, o.size, result.chef_id) for o in result.outputs))
-                # Only under the key of what the step really read: the declared-inputs key alone would
-                # let a checkout with other headers (other may_read files) reuse these outputs.
-                await maps.put_action(final_key, list(result.outputs))
-            except Exception as exc:  # the shared maps are advisory: the result itself is good
-                self._publish("federation.degraded", step, result.chef_id, {"error": repr(exc)})
+        if self._maps and self._fed:
+            # What a failover keeps the cluster from taking now is replayed later (artefacts/mapwrites.py).
+            writes = self._fed.map_writes(self._maps)
+            # Only under the key of what the step really read: the declared-inputs key alone would
+            # let a checkout with other headers (other may_read files) reuse these outputs.
+            why = await writes.write([writes.owner(o.digest, o.size, result.chef_id) for o in result.outputs],
+                                     [writes.action(final_key, list(result.outputs))])
+            if why:  # the shared maps are advisory: the result itself is good
+                self._publish("federation.degraded", step, result.chef_id, {"error": why})
         await self.state.run(lambda: self.state.record_result(
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log,
             detail, self._placed.get(step.id, "")))

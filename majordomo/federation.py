@@ -18,7 +18,9 @@ from nats.aio.client import Client as NATS
 
 from artefacts.keys import load_or_create_key, public_key_line
 from artefacts.lifeline import die_with_parent
+from artefacts.mapwrites import FLUSH_S, MapWrites
 from artefacts.natsutil import EmbeddedNats, NatsUnreachable, connect, kv_bucket, kv_keys, local_address_towards
+from artefacts.ownership import FederationMaps
 from artefacts.samehost import workspace_access
 from artefacts.sftp_client import Puller
 from artefacts.sftp_server import ArtefactServer
@@ -137,6 +139,7 @@ class Federation:
         # Set (and replaced by a fresh one) each time the NATS connection comes back after a failover:
         # replies published while we were away are lost, so whoever waits for one asks again.
         self.reconnected = asyncio.Event()
+        self._writes: MapWrites | None = None
 
     async def open_dashboard(self, port: int) -> str:
         """Serve the dashboard on 127.0.0.1:port (0: any) on this connection; say where."""
@@ -216,6 +219,15 @@ class Federation:
     async def _on_reconnect(self) -> None:
         came_back, self.reconnected = self.reconnected, asyncio.Event()
         came_back.set()
+        if self._writes:
+            self._writes.nudge()
+
+    def map_writes(self, maps: FederationMaps) -> MapWrites:
+        """Writes to the shared maps that a failover must not lose, kept for as long as this connection:
+        a watch session's builds share them, and they are flushed when the federation stops."""
+        if self._writes is None:
+            self._writes = MapWrites(maps)
+        return self._writes
 
     async def chefs(self) -> list[ChefInfo]:
         """The chefs registered now (their registry entries expire when heartbeats stop)."""
@@ -231,6 +243,11 @@ class Federation:
 
     async def stop(self) -> None:
         """Stop what was started; safe to call twice, and `start` may follow (watch retries)."""
+        if self._writes:  # while NATS (maybe our embedded server) is still up
+            writes, self._writes = self._writes, None
+            unwritten = await writes.close(FLUSH_S)
+            if unwritten:
+                print(f"majordomo: {unwritten}; other builds may run those steps again", file=sys.stderr, flush=True)
         if self.dashboard:
             with contextlib.suppress(Exception):
                 await self.dashboard.stop()
