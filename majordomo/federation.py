@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
@@ -195,7 +196,12 @@ class Federation:
                 self.embedded = EmbeddedNats(run_dir / "nats")
                 url = await self.embedded.start()
             self.nc = await connect(url, f"majordomo:{self.pod_id}", on_reconnect=self._on_reconnect)
-        self._chefs_kv = await kv_bucket(self.nc, subjects.chefs_bucket(self.federation), ttl=10.0)
+        try:
+            self._chefs_kv = await kv_bucket(self.nc, subjects.chefs_bucket(self.federation), ttl=10.0)
+        except (nats.errors.Error, TimeoutError) as exc:
+            where = self.nc.connected_url.geturl() if self.nc.connected_url else (url or "the NATS server")
+            raise FederationError(f"JetStream at {where} did not answer ({type(exc).__name__}): the federation's "
+                                  "registry needs a NATS server with JetStream enabled") from None
         if self.embedded:
             self.local_chefs = LocalChefs(self.state_dir, url, key_path, authorized)
             await self.local_chefs.start(EMBEDDED_CHEFS)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, majordomo, write_project
 from natscluster import LoopbackCluster, standalone
 
 from artefacts.natsutil import connect, kv_keys
@@ -71,3 +71,17 @@ def test_chef_cli_takes_a_jetstream_wait() -> None:
 
     args = parse_args(["--nats", "nats://127.0.0.1:4222", "--kind", "shell", "--id", "c", "--jetstream-wait", "5"])
     assert config_from_args(args).jetstream_wait_s == 5.0
+
+
+async def test_a_build_says_in_one_line_when_the_federation_has_no_jetstream(tmp_path: Path) -> None:
+    """`--nats` at a server without JetStream: one line naming it (after the failover wait), exit 2."""
+    project = write_project(tmp_path / "p", '[[step]]\nname = "a"\ninputs = ["x"]\noutputs = ["y"]\n'
+                                            'command = "cp $< $@"\n', {"x": "1\n"})
+    server = await standalone(tmp_path / "nats", jetstream=False)
+    try:
+        run = await asyncio.to_thread(majordomo, project, "build", "--nats", server.url)
+    finally:
+        await server.stop()
+    assert run.code == 2 and "Traceback" not in run.stderr, run.stderr
+    assert f"JetStream at {server.url} did not answer" in run.stderr.strip().splitlines()[-1], run.stderr
+    assert not (project / "y").exists()
