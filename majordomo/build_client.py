@@ -44,13 +44,19 @@ def build_in_resident(root: Path, argv: list[str]) -> int | None:
     return None
 
 
-def _connect(state_dir: Path, name: str) -> socket.socket:
-    # Through a directory descriptor: AF_UNIX paths are limited to 108 bytes, project paths are not.
+def socket_address(state_dir: Path, name: str) -> tuple[str, int]:
+    """An address for socket `name` in `state_dir` that fits AF_UNIX's 108 bytes whatever the
+    project's path: through a directory descriptor (Linux), which the caller closes after use."""
     fd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{fd}/{os.path.basename(name)}", fd
+
+
+def _connect(state_dir: Path, name: str) -> socket.socket:
+    path, fd = socket_address(state_dir, name)
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            sock.connect(f"/proc/self/fd/{fd}/{os.path.basename(name)}")
+            sock.connect(path)
         except OSError:
             sock.close()
             raise

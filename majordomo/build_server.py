@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from majordomo.build_client import socket_address
 from majordomo.federation import Federation
 
 SOCKET_NAME = "build.sock"
@@ -56,13 +57,6 @@ class ForwardedStream(io.TextIOBase):
         raise io.UnsupportedOperation("a forwarded stream has no descriptor")
 
 
-def socket_address(state_dir: Path) -> tuple[str, int]:
-    """An address for the socket in `state_dir` that fits AF_UNIX's 108 bytes whatever the
-    project's path: through a directory descriptor (Linux), with the descriptor to close after."""
-    fd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    return f"/proc/self/fd/{fd}/{SOCKET_NAME}", fd
-
-
 class BuildServer:
     """Serves build requests for one project on one federation, kept connected between builds."""
 
@@ -79,7 +73,7 @@ class BuildServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
-        path, fd = socket_address(self.state_dir)
+        path, fd = socket_address(self.state_dir, SOCKET_NAME)
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # a killed supervisor's socket: we hold resident.lock, so it is not live

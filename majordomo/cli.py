@@ -124,20 +124,15 @@ def _metrics_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return metrics, MetricsServer(metrics), (host, int(port))
 
 
-_argv: list[str] | None = None  # what main() was given, for handing a build to the resident server
-
-
 def main(argv: list[str] | None = None) -> int:
-    global _argv
     argv = sys.argv[1:] if argv is None else argv
-    _argv = argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     if args.command in _HEAVY_COMMANDS:
         return __import__(_HEAVY_COMMANDS[args.command][0], fromlist=["run"]).run(args)
     try:
         if args.command == "build":
-            return _build(args)
+            return _build(args, argv)
         if args.command == "log":
             return _log(args)
         if args.command == "explain":
@@ -229,7 +224,7 @@ def _check_normalisers(project) -> None:  # type: ignore[no-untyped-def]
                                   recipe=step.recipe) from None
 
 
-def _build(args: argparse.Namespace) -> int:
+def _build(args: argparse.Namespace, argv: list[str]) -> int:
     from majordomo import noop
 
     root = args.directory.resolve()
@@ -242,7 +237,7 @@ def _build(args: argparse.Namespace) -> int:
     if nats_url is None and _may_build_in_resident(args, root):
         from majordomo.build_client import build_in_resident
 
-        code = build_in_resident(root, sys.argv[1:] if _argv is None else _argv)
+        code = build_in_resident(root, argv)
         if code is not None:
             return code
     noop.remove_stamp(str(root))  # the full path decides now; a failed build must leave no stamp

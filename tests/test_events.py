@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import nats
-from conftest import majordomo, write_project
+from conftest import Run, majordomo, write_project
 
 RECIPE = """
 [[step]]
@@ -30,8 +30,8 @@ command = "exit 1"
 """
 
 
-async def test_build_publishes_its_story(tmp_path: Path, federation) -> None:
-    project = write_project(tmp_path / "p", RECIPE, {"a.txt": "x\n"})
+async def _build_watching_events(project: Path, federation, *args: str) -> tuple[Run, list[dict]]:  # type: ignore[no-untyped-def]
+    """Build against the federation while collecting every event, up to the build's last one."""
     nc = await nats.connect(federation.url, name="test-events")
     seen: list[dict] = []
     finished = asyncio.Event()
@@ -45,12 +45,18 @@ async def test_build_publishes_its_story(tmp_path: Path, federation) -> None:
     await nc.subscribe("cp.events.>", cb=collect)
     await nc.flush()
     try:
-        run = await asyncio.to_thread(majordomo, project, "build", "--json", "--nats", federation.url,
+        run = await asyncio.to_thread(majordomo, project, "build", *args, "--nats", federation.url,
                                       env=federation.env)
-        assert run.code == 1
         await asyncio.wait_for(finished.wait(), 10)
     finally:
         await nc.close()
+    return run, seen
+
+
+async def test_build_publishes_its_story(tmp_path: Path, federation) -> None:
+    project = write_project(tmp_path / "p", RECIPE, {"a.txt": "x\n"})
+    run, seen = await _build_watching_events(project, federation, "--json")
+    assert run.code == 1
     kinds = [(e["kind"], e["step_id"]) for e in seen if e["source"].startswith("majordomo:")]
     assert ("build.started", "") in kinds and ("build.finished", "") in kinds
     for step in ("one", "two", "broken"):
@@ -112,24 +118,8 @@ async def test_cached_steps_are_published_up_to_a_cap_and_counted_at_the_end(tmp
     first = await asyncio.to_thread(majordomo, project, "build", "--nats", federation.url, env=federation.env)
     assert first.code == 0, first.stderr
     (project / "x.txt").write_text("2\n")  # one step runs, so the build reaches the federation
-    nc = await nats.connect(federation.url, name="test-events")
-    seen: list[dict] = []
-    finished = asyncio.Event()
-
-    async def collect(msg) -> None:  # type: ignore[no-untyped-def]
-        event = json.loads(msg.data)
-        seen.append(event)
-        if event["kind"] == "build.finished":
-            finished.set()
-
-    await nc.subscribe("cp.events.>", cb=collect)
-    await nc.flush()
-    try:
-        run = await asyncio.to_thread(majordomo, project, "build", "--nats", federation.url, env=federation.env)
-        assert run.code == 0, run.stderr
-        await asyncio.wait_for(finished.wait(), 10)
-    finally:
-        await nc.close()
+    run, seen = await _build_watching_events(project, federation)
+    assert run.code == 0, run.stderr
     cached = [e for e in seen if e["kind"] == "step.cached"]
     assert len(cached) == CACHED_EVENTS_MAX
     summary = next(e for e in seen if e["kind"] == "build.finished")["detail"]

@@ -35,6 +35,24 @@ async def _close(nc: Any) -> None:
         await nc.close()
 
 
+async def _replaying_writes(url: str) -> tuple[Any, FederationMaps, MapWrites]:
+    """A connection, its shared maps and a write queue that replays when the connection comes back."""
+    holder: list[MapWrites] = []
+
+    async def on_reconnect() -> None:
+        for writes in holder:
+            writes.nudge()
+
+    nc = await connect(url, "test-mapwrites", on_reconnect=on_reconnect)
+    try:
+        maps = await FederationMaps(nc).open()
+    except BaseException:
+        await _close(nc)
+        raise
+    holder.append(MapWrites(maps))
+    return nc, maps, holder[0]
+
+
 @pytest.fixture
 async def solo(tmp_path: Path) -> AsyncIterator[Node]:
     server = await standalone(tmp_path / "nats")
@@ -50,16 +68,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LoopbackCluster]:
 
 
 async def test_writes_made_while_nats_is_down_are_replayed_when_it_is_back(solo: Node) -> None:
-    writes: MapWrites | None = None
-
-    async def on_reconnect() -> None:
-        if writes:
-            writes.nudge()
-
-    nc = await connect(solo.url, "test-mapwrites", on_reconnect=on_reconnect)
+    nc, maps, writes = await _replaying_writes(solo.url)
     try:
-        maps = await FederationMaps(nc).open()
-        writes = MapWrites(maps)
         assert await writes.write([writes.owner(D3, 5, "chef-z")]) == ""  # NATS up: written at once
 
         await solo.kill()
@@ -98,16 +108,8 @@ async def test_close_reports_what_was_never_written(solo: Node) -> None:
 async def test_a_forgotten_owner_is_not_replayed(solo: Node) -> None:
     # A chef that evicts (or quarantines) a digest while its ownership add still waits must not be
     # listed again by a late replay.
-    writes: MapWrites | None = None
-
-    async def on_reconnect() -> None:
-        if writes:
-            writes.nudge()
-
-    nc = await connect(solo.url, "test-mapwrites", on_reconnect=on_reconnect)
+    nc, maps, writes = await _replaying_writes(solo.url)
     try:
-        maps = await FederationMaps(nc).open()
-        writes = MapWrites(maps)
         await solo.kill()
         await writes.write([writes.owner(D1, 10, "chef-a"), writes.owner(D2, 10, "chef-a")])
         writes.forget_owner(D1, "chef-a")
