@@ -11,6 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
+from artefacts.childwatch import use_pidfd_child_watcher
 from artefacts.natsutil import JETSTREAM_READY_S, JetStreamUnavailable, NatsUnreachable, local_address_towards
 from chefs.runtime import Chef, ChefConfig
 from protocol import subjects
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"chef: {exc}", file=sys.stderr)
         return 2
+    use_pidfd_child_watcher()
     try:
         asyncio.run(_serve(config))
     except (NatsUnreachable, JetStreamUnavailable) as exc:

@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     os.set_inheritable(args.lock_fd, False)  # ours alone: the server and chefs must not keep the slot
     import asyncio
 
+    from artefacts.childwatch import use_pidfd_child_watcher
+
+    use_pidfd_child_watcher()
     return asyncio.run(supervise(args.state_dir, args.idle))
 
 
