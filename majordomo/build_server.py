@@ -6,9 +6,11 @@ cycle. So the supervisor that keeps the embedded federation up also runs builds,
 Bazel and Gradle do: the `majordomo build` command is then a thin client (majordomo/build_client.py)
 that sends its arguments over a Unix socket in `.majordomo/` and prints what comes back.
 
-Wire format, one JSON object per line. The client sends one request: `argv`, `cwd`, and how its
-streams render (`out_tty`, `err_tty`, `columns`). The server answers with `{"o": text}` (stdout),
-`{"e": text}` (stderr), and last `{"exit": code}`; or `{"retry": true}` when it is shutting down.
+Wire format, one JSON object per line. The client sends one request: `argv`, `cwd`, how its
+streams render (`out_tty`, `err_tty`, `columns`), and `delta`: null, or the no-op stamp it checked
+(`[inode, mtime_ns, size]`) with the files whose stats moved since (majordomo/carryover.py). The
+server answers with `{"o": text}` (stdout), `{"e": text}` (stderr), and last `{"exit": code}`; or
+`{"retry": true}` when it is shutting down.
 The client closing the socket (Ctrl-C) cancels its build, as Ctrl-C does in-process.
 
 Builds of the project run one at a time: a second request waits its turn, and says so.
@@ -30,8 +32,10 @@ from pathlib import Path
 
 from majordomo.build_client import socket_address
 from majordomo.federation import Federation
+from majordomo.server_memory import ServerMemory
 
 SOCKET_NAME = "build.sock"
+Delta = tuple[list[int], list[str]]  # the stamp the client checked, and the files changed since
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +73,7 @@ class BuildServer:
         self.last_used = time.monotonic()
         self.closing = False  # set while the supervisor decides to stop for idleness: refuse new work
         self._turn = asyncio.Lock()
-        self._projects: dict = {}  # the last loaded project, reused while its recipe and files are unchanged
+        self.memory = ServerMemory()  # the loaded project, its state, the last build's carry-over
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -91,6 +95,7 @@ class BuildServer:
             with contextlib.suppress(OSError):
                 os.unlink(self.state_dir / SOCKET_NAME)
         await self.federation.stop()
+        self.memory.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.busy += 1
@@ -103,11 +108,12 @@ class BuildServer:
             try:
                 request = json.loads(await reader.readline())
                 argv, cwd = list(map(str, request["argv"])), str(request["cwd"])
+                delta = _delta(request.get("delta"))
             except (ValueError, KeyError, TypeError):
                 return  # not our client: nothing to answer
             out = ForwardedStream(writer, "o", bool(request.get("out_tty")), int(request.get("columns") or 80))
             err = ForwardedStream(writer, "e", bool(request.get("err_tty")), int(request.get("columns") or 80))
-            await self._run_while_connected(reader, _Reply(writer), argv, cwd, out, err)
+            await self._run_while_connected(reader, _Reply(writer), argv, cwd, out, err, delta)
         finally:
             self.busy -= 1
             self.last_used = time.monotonic()
@@ -116,9 +122,9 @@ class BuildServer:
             writer.close()
 
     async def _run_while_connected(self, reader: asyncio.StreamReader, reply: _Reply, argv: list[str], cwd: str,
-                                   out: ForwardedStream, err: ForwardedStream) -> None:
+                                   out: ForwardedStream, err: ForwardedStream, delta: Delta | None) -> None:
         """Run the build until it is done, or cancel it if the client goes away before its answer."""
-        build = asyncio.create_task(self._build(reply, argv, cwd, out, err))
+        build = asyncio.create_task(self._build(reply, argv, cwd, out, err, delta))
         gone = asyncio.create_task(reader.read())  # the client sends nothing more: EOF means it left
         try:
             await asyncio.wait({build, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -135,14 +141,14 @@ class BuildServer:
             await reply.exit(1)
 
     async def _build(self, reply: _Reply, argv: list[str], cwd: str, out: ForwardedStream,
-                     err: ForwardedStream) -> None:
+                     err: ForwardedStream, delta: Delta | None) -> None:
         from majordomo.cli import build_in_server
 
         if self._turn.locked():
             err.write("majordomo: waiting for another build of this project to finish\n")
         async with self._turn:
             later: list[Callable[[], Awaitable[None]]] = []
-            code = await build_in_server(argv, cwd, out, err, self.federation, self._projects, later)
+            code = await build_in_server(argv, cwd, out, err, self.federation, self.memory, later, delta)
             await reply.exit(code)
             # After the answer, still in our turn: the no-op stamp may wait a clock tick for the
             # outputs just written to age (majordomo/noop.py); the client need not wait for it.
@@ -164,6 +170,17 @@ class _Reply:
         self.writer.write(json.dumps({"exit": code}).encode() + b"\n")
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
+
+
+def _delta(raw: object) -> Delta | None:
+    """The client's `[[inode, mtime_ns, size], [path, ...]]`, checked for shape."""
+    try:
+        ident, paths = raw  # type: ignore[misc]
+        if len(ident) == 3 and all(isinstance(n, int) for n in ident) and all(isinstance(p, str) for p in paths):
+            return list(ident), list(paths)
+    except (TypeError, ValueError):
+        pass
+    return None  # none, or not what our client sends: the server compares the stamp itself
 
 
 def _same_user(writer: asyncio.StreamWriter) -> bool:

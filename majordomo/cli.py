@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from majordomo.carryover import Carryover
     from majordomo.federation import Federation
+    from majordomo.server_memory import ServerMemory
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -230,14 +232,15 @@ def _build(args: argparse.Namespace, argv: list[str]) -> int:
     root = args.directory.resolve()
     nats_url = args.nats or _config_nats()
     stamp_key = _stamp_key(args, nats_url)
+    delta = None
     if stamp_key and not args.verbose:
-        steps = noop.check_stamp(str(root), stamp_key)
+        steps, delta = noop.check_stamp_delta(str(root), stamp_key)
         if steps is not None:
             return _report_noop(args, steps)
     if nats_url is None and _may_build_in_resident(args, root):
         from majordomo.build_client import build_in_resident
 
-        code = build_in_resident(root, argv)
+        code = build_in_resident(root, argv, delta)
         if code is not None:
             return code
     noop.remove_stamp(str(root))  # the full path decides now; a failed build must leave no stamp
@@ -263,6 +266,7 @@ def _report_noop(args: argparse.Namespace, steps: int) -> int:
     import json
 
     summary = {"ok": True, "steps_run": 0, "steps_cached": steps, "steps_failed": 0, "steps_skipped": 0,
+               "steps_visited": 0,
                "chefs": [], "files_pulled": 0, "bytes_pulled": 0, "files_local": 0, "bytes_local": 0,
                "duration_s": 0.0}
     human = sys.stderr if args.json else sys.stdout
@@ -275,25 +279,54 @@ def _report_noop(args: argparse.Namespace, steps: int) -> int:
 def _full_build(args: argparse.Namespace, nats_url: str | None, stamp_key: str | None) -> int:
     import asyncio
 
+    from artefacts.childwatch import use_pidfd_child_watcher
+
     project = _load(args)
+    use_pidfd_child_watcher()
     return asyncio.run(full_build(args, project, nats_url, stamp_key, sys.stdout, sys.stderr))
 
 
 async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, shared: Federation,
-                          memo: dict | None = None, later: list[Callable[[], Awaitable[None]]] | None = None) -> int:
+                          memory: ServerMemory, later: list[Callable[[], Awaitable[None]]],
+                          delta: tuple[list[int], list[str]] | None = None) -> int:
     """`majordomo build ARGV` run by the resident build server on its own federation, printing to
     the client's streams. The client has parsed ARGV and found no no-op stamp. Work the client
-    need not wait for (the stamp) is appended to `later`."""
+    need not wait for (the stamp) is appended to `later`.
+
+    If the last build left a carry-over (majordomo/carryover.py) that still holds, only what the
+    files changed since can affect is visited. The client's `delta` (the stamp it checked and the
+    files that changed since) spares the server that comparison if it is the stamp it wrote."""
     import asyncio
 
     from majordomo import noop
+    from majordomo.state import StateError
 
     args = build_parser("build").parse_args(argv)
     args.directory = Path(cwd, args.directory)
+    root = args.directory.resolve()
+    key = _stamp_key(args, None)
+    assert key is not None
+    carry, memory.carry = memory.carry, None  # consumed: only a successful build leaves a new one
     try:
-        project = await asyncio.to_thread(_load, args, memo)
-        await asyncio.to_thread(noop.remove_stamp, str(project.root))
-        return await full_build(args, project, None, _stamp_key(args, None), out, err, shared, later)
+        try:
+            state, unchanged = await asyncio.to_thread(memory.state, root)
+        except StateError as exc:
+            raise UserError(str(exc)) from None
+        changed = None
+        if (unchanged and carry is not None and carry.stamp is not None and carry.root == root
+                and carry.args_key == key):
+            if delta is not None and tuple(delta[0]) == carry.stamp_id and len(delta[1]) <= noop.CHANGED_MAX:
+                changed = list(delta[1])
+            else:
+                changed = await asyncio.to_thread(noop.changed_files, str(root), carry.stamp, key)
+        if changed is None:
+            carry = None
+            project = await asyncio.to_thread(_load, args, memory.projects)
+        else:
+            project = carry.project
+        await asyncio.to_thread(noop.remove_stamp, str(root))
+        return await full_build(args, project, None, key, out, err, shared, later,
+                                memory=memory, state=state, carry=carry, changed=changed)
     except UserError as exc:
         print(f"majordomo: {exc}", file=err)
         return EXIT_USAGE
@@ -301,29 +334,50 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
 
 async def full_build(args: argparse.Namespace, project, nats_url: str | None,  # type: ignore[no-untyped-def]
                      stamp_key: str | None, out: TextIO, err: TextIO, shared: Federation | None = None,
-                     later: list[Callable[[], Awaitable[None]]] | None = None) -> int:
+                     later: list[Callable[[], Awaitable[None]]] | None = None, *,
+                     memory: ServerMemory | None = None, state=None, carry: Carryover | None = None,
+                     changed: list[str] | None = None) -> int:
+    """One build, in-process or in the resident build server (which passes its `memory`, the
+    project's open `state`, and a still-valid `carry` with the files `changed` since)."""
     import asyncio
-    import functools
     import json
 
     from majordomo import noop
     from majordomo.progress import make_reporter
     from majordomo.state import State, StateError
 
-    try:
-        state = State(project.root)
-    except StateError as exc:
-        raise UserError(str(exc)) from None
+    own_state = state is None
+    if own_state:
+        try:
+            state = State(project.root)
+        except StateError as exc:
+            raise UserError(str(exc)) from None
     human = err if args.json else out
     reporter = make_reporter(human, quiet=args.quiet, verbose=args.verbose, live=not args.json)
     try:
-        report, build = await _run_build(project, state, args, nats_url, reporter, shared)
+        report, build = await _run_build(project, state, args, nats_url, reporter, shared, carry, changed)
     finally:
-        state.close()
+        if own_state:
+            state.close()
     if report.ok and stamp_key is not None:
-        files, tools = build.stamp_inputs()
-        stamp = functools.partial(asyncio.to_thread, noop.write_stamp, str(project.root), stamp_key, args.file,
-                                  files, tools, report.steps_run + report.steps_cached)
+        kept = None
+        if memory is not None and memory.still_ours():
+            from majordomo.carryover import Carryover
+
+            kept = memory.carry = Carryover(project.root, stamp_key, project, build.graph, build.units, build.facts())
+            if carry is not None:
+                kept.inherit_index(carry)
+
+        async def stamp() -> None:
+            files, tools = build.stamp_inputs()
+            data = await asyncio.to_thread(noop.write_stamp, str(project.root), stamp_key, args.file,
+                                           files, tools, report.steps_run + report.steps_cached)
+            if kept is not None and data is not None:
+                kept.stamp = data  # what the next request compares the disk with
+                kept.stamp_id = noop.stamp_id(str(project.root))
+                kept.readers("")  # index the graph now, while no client waits
+                await state.run(state.warm)
+
         if later is None:
             await stamp()
         else:
@@ -334,7 +388,8 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-async def _run_build(project, state, args, nats_url, reporter, shared=None):  # type: ignore[no-untyped-def]
+async def _run_build(project, state, args, nats_url, reporter, shared=None,  # type: ignore[no-untyped-def]
+                     carry=None, changed=None):
     from majordomo.engine import Build, BuildError, BuildOptions
     from protocol import subjects
 
@@ -348,7 +403,7 @@ async def _run_build(project, state, args, nats_url, reporter, shared=None):  # 
                            dashboard_port=args.dashboard)
     metrics, server, address = _metrics_server(args)
     build = Build(project, state, options, on_step=reporter.step, on_event=reporter.event, metrics=metrics,
-                  shared=shared)
+                  shared=shared, carry=carry, changed=changed)
     if shared is not None:
         shared.pod_id = build.pod_id
     try:

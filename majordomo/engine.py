@@ -25,10 +25,11 @@ import msgspec
 
 from artefacts.toolprobe import ToolProbe
 from majordomo.actionkey import action_key
+from majordomo.carryover import ArtefactFacts, Carryover
 from majordomo.graph import BuildGraph, GraphError
 from majordomo.recipes import Project, Step
-from majordomo.scan import scan, stat_entry
-from majordomo.state import KeyDetail, State, StatEntry
+from majordomo.scan import ScanResult, scan, stat_entry
+from majordomo.state import KeyDetail, State
 from protocol import subjects
 from protocol.errors import ErrorCode
 from protocol.kinds import step_tools
@@ -98,6 +99,9 @@ class BuildReport:
     steps_cached: int = 0
     steps_failed: int = 0
     steps_skipped: int = 0
+    # Steps this build looked at; the others it knew up to date without visiting them (the resident
+    # build server's carry-over: majordomo/carryover.py). They count as cached.
+    steps_visited: int = 0
     chefs: dict[str, int] = field(default_factory=dict)
     files_pulled: int = 0  # over SFTP
     bytes_pulled: int = 0
@@ -112,6 +116,7 @@ class BuildReport:
         return {
             "ok": self.ok, "steps_run": self.steps_run, "steps_cached": self.steps_cached,
             "steps_failed": self.steps_failed, "steps_skipped": self.steps_skipped,
+            "steps_visited": self.steps_visited,
             "chefs": [{"id": c, "steps": n} for c, n in sorted(self.chefs.items())],
             "files_pulled": self.files_pulled, "bytes_pulled": self.bytes_pulled,
             "files_local": self.files_local, "bytes_local": self.bytes_local,
@@ -126,7 +131,10 @@ EventListener = Callable[[str, str, str, dict[str, object]], None]
 class Build:
     def __init__(self, project: Project, state: State, options: BuildOptions, on_step: Listener | None = None,
                  shared: Federation | None = None, on_event: EventListener | None = None,
-                 metrics: MajordomoMetrics | None = None) -> None:
+                 metrics: MajordomoMetrics | None = None, carry: Carryover | None = None,
+                 changed: list[str] | None = None) -> None:
+        """`carry` (the resident build server's memory of the last build, majordomo/carryover.py)
+        with `changed` (the files whose stats moved since): visit only what they affect."""
         self.project = project
         self.root = project.root
         self.state = state
@@ -139,14 +147,19 @@ class Build:
         self.build_id = uuid.uuid4().hex[:12]
         self.pod_id = options.pod_id or f"majordomo-{uuid.uuid5(uuid.NAMESPACE_URL, str(self.root)).hex[:8]}"
         self.report = BuildReport()
-        self.digests: dict[str, str] = {}  # artefact path -> digest, as known in this build
-        self.sizes: dict[str, int] = {}
-        self.executable: set[str] = set()  # artefact paths whose executable bit is set
-        self.cutoff: dict[str, str] = {}  # path -> normalised digest, where a normaliser applies
+        self._carry = carry
+        self._changed = changed or []
+        self._unchanged = 0  # steps a carried-over build knows are up to date without visiting them
+        self.units: list[list[Step]] = []  # every unit of the selection, visited or not
+        facts = carry.facts if carry is not None else ArtefactFacts()
+        self.digests = facts.digests  # artefact path -> digest, as known in this build
+        self.sizes = facts.sizes
+        self.executable = facts.executable  # artefact paths whose executable bit is set
+        self.cutoff = facts.cutoff  # path -> normalised digest, where a normaliser applies
         # path -> the workspace file's (size, mtime_ns, ino, ctime_ns) when this build took its digest:
         # the no-op stamp records these, so a file saved during the build is looked at again.
-        self.vouched: dict[str, tuple[int, int, int, int]] = {}
-        self._latest: dict[str, tuple[list[OutputRef], str | None]] = {}  # step id -> outputs, producer
+        self.vouched = facts.vouched
+        self._latest = facts.latest  # step id -> outputs, producer
         self._fed: Federation | None = None
         self._shared = shared  # a federation that outlives this build (`watch`); not ours to stop
         self._pulled_base = (0, 0, 0, 0)
@@ -162,11 +175,10 @@ class Build:
         self._step_tools: dict[str, tuple[str, ...]] = {}
         self._normalise_memo: dict[str, dict[str, str]] = {}
         self._owner_map: dict[str, set[str]] | None = None
-        self._stat_snapshot: dict[str, StatEntry] | None = None
         self._events: list[tuple[str, str, str, dict[str, object]]] = []  # until the federation is up
         self._publishing: set[asyncio.Task[None]] = set()
         self._outbox: deque[tuple[str, bytes]] = deque()  # events waiting for the publisher task
-        self._served: dict[str, Path] = {}  # digest -> workspace file this pod serves
+        self._served = facts.served  # digest -> workspace file this pod serves
         self._regenerating: dict[str, asyncio.Task[None]] = {}
         self._done = 0
 
@@ -175,8 +187,11 @@ class Build:
     async def run(self) -> BuildReport:
         started = time.monotonic()
         units = await self.prepare()
-        self.total = sum(len(unit) for unit in units)
-        await self._remove_stale_outputs()
+        self.report.steps_visited = sum(len(unit) for unit in units)
+        self.total = self.report.steps_visited + self._unchanged
+        self._done = self.report.steps_cached = self._unchanged
+        if self._carry is None:  # a carried-over graph is the one the last build cleaned up after
+            await self._remove_stale_outputs()
         try:
             await self._execute(units)
         except asyncio.CancelledError:
@@ -207,15 +222,56 @@ class Build:
 
     async def prepare(self) -> list[list[Step]]:
         """Select, order and scan: everything a build or an explanation needs before deciding."""
+        if self._carry is not None:
+            return await self._prepare_from(self._carry)
         try:
             graph = BuildGraph(self.project, self.state.load_steps())
             units = graph.units(graph.select(self.options.targets))
         except GraphError as exc:
             raise BuildError(str(exc)) from None
         self.graph = graph
+        self.units = units
         self._order = [s for unit in units for s in unit]
         await self._scan_sources(graph, self._order)
         return units
+
+    async def _prepare_from(self, carry: Carryover) -> list[list[Step]]:
+        """The units a change can affect: readers of the sources whose digest (or executable bit)
+        changed, producers of final outputs that changed in the workspace, and all downstream."""
+        self.graph = carry.graph
+        self.units = carry.units
+        self._order = [s for unit in carry.units for s in unit]
+        sources = [p for p in self._changed if self.graph.producer(p) is None]
+        dirty: dict[str, Step] = {}
+        if sources:
+            before = {p: (self.digests.get(p), p in self.executable) for p in sources}
+            entries = await self.state.run(lambda: self.state.stat_entries(sources))
+            result = await scan(self.root, sources, entries)
+            for path in result.missing:
+                declared = [s.id for s in carry.readers(path) if path in s.inputs]
+                if declared:
+                    raise BuildError(f"missing input file {path} (needed by {', '.join(declared[:3])})")
+            await self._absorb(result)
+            for path in sources:
+                old_digest, _ = before[path]
+                if (self.digests.get(path), path in self.executable) != before[path]:
+                    if old_digest and self._served.get(old_digest) == self.root / path:
+                        del self._served[old_digest]  # those bytes are gone from the workspace
+                    for step in carry.readers(path):
+                        dirty[step.id] = step
+        for path in self._changed:
+            producer = self.graph.producer(path)
+            if producer is not None:
+                dirty[producer.id] = producer  # a final output edited or deleted: fetch it again
+        affected = carry.downstream(list(dirty.values()))
+        units = [unit for unit in carry.units if any(s.id in affected for s in unit)]
+        self._unchanged = carry.steps - sum(len(unit) for unit in units)
+        return units
+
+    def facts(self) -> ArtefactFacts:
+        """What this build knows of every artefact, for a carried-over next build."""
+        return ArtefactFacts(self.digests, self.sizes, self.executable, self.cutoff, self.vouched, self._latest,
+                             self._served)
 
     def stamp_inputs(self) -> tuple[list[tuple[str, str, tuple[int, int, int, int] | None]], list[str]]:
         """What the no-op stamp must watch after a successful build, with digests and the stats they
@@ -231,18 +287,27 @@ class Build:
     async def _scan_sources(self, graph: BuildGraph, order: list[Step]) -> None:
         paths = graph.sources_of(order)
         result = await scan(self.root, paths, self.state.load_stat_cache())
-        if result.updates:
-            await self.state.run(lambda: self.state.save_stat_entries(result.updates))
         declared_missing = [p for p in result.missing if graph.is_declared_source(p, order)]
         if declared_missing:
             users = graph.users_of(declared_missing[0], order)
             raise BuildError(f"missing input file {declared_missing[0]} (needed by {', '.join(users[:3])})")
+        await self._absorb(result)
+
+    async def _absorb(self, result: ScanResult) -> None:
+        """Take a scan's digests, and keep its new stat cache entries."""
+        if result.updates:
+            await self.state.run(lambda: self.state.save_stat_entries(result.updates))
         for rel in result.missing:
             self.digests[rel] = ABSENT
+            self.executable.discard(rel)
         self.digests.update(result.digests)
         self.sizes.update(result.sizes)
         self.vouched.update(result.stats)
-        self.executable |= result.executable
+        for rel in result.digests:  # a carried-over build knew these files: a chmod -x counts too
+            if rel in result.executable:
+                self.executable.add(rel)
+            else:
+                self.executable.discard(rel)
         for rel, digest in result.digests.items():
             self._served[digest] = self.root / rel
 
@@ -256,7 +321,7 @@ class Build:
         stale = [p for p in produced if self.graph.producer(p) is None or not self.graph.is_final(p)]
         if not stale:
             return
-        current = await scan(self.root, stale, self._stat_cache())
+        current = await scan(self.root, stale, self.state.stat_entries(stale))
         for path in stale:
             if current.digests.get(path) == produced[path][0]:
                 await asyncio.to_thread(os.unlink, self.root / path)
@@ -274,12 +339,14 @@ class Build:
             for step in unit:
                 futures[step.id] = future
 
+        # A dependency without a future is a unit this build need not visit (a carried-over build's
+        # unaffected steps): up to date, so settled.
         def settled_ok(deps: list[Step]) -> bool:
-            return all(futures[d.id].done() and futures[d.id].result() for d in deps)
+            return all(d.id not in futures or (futures[d.id].done() and futures[d.id].result()) for d in deps)
 
         async def settle(unit: list[Step]) -> None:
             deps = self.graph.unit_deps(unit)
-            oks = [await futures[d.id] for d in deps]
+            oks = [await futures[d.id] for d in deps if d.id in futures]
             future = futures[unit[0].id]
             if not all(oks):
                 for step in unit:
@@ -466,6 +533,7 @@ class Build:
                 return None
         await self.state.run(lambda: self.state.record_result(
             step.id, key, outputs, list(self.graph.discovered(step)), "federation-cache", 0.0, ""))
+        self.graph.note_result(step, key)
         return outputs
 
     def _accept_cached(self, step: Step, outputs: list[OutputRef]) -> None:
@@ -669,6 +737,7 @@ class Build:
         await self.state.run(lambda: self.state.record_result(
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log,
             detail, self._placed.get(step.id, "")))
+        self.graph.note_result(step, final_key)
         self._note_outputs(result.outputs)
         self._latest[step.id] = (list(result.outputs), result.chef_id)
         if materialize and not await self._materialize(step, list(result.outputs), result.chef_id):
@@ -696,17 +765,8 @@ class Build:
         unknown = [p for p in paths if p not in self.digests]
         if not unknown:
             return
-        result = await scan(self.root, unknown, self.state.load_stat_cache())
-        if result.updates:
-            await self.state.run(lambda: self.state.save_stat_entries(result.updates))
-        self.digests.update(result.digests)
-        self.sizes.update(result.sizes)
-        self.vouched.update(result.stats)
-        self.executable |= result.executable
-        for rel in result.missing:
-            self.digests[rel] = ABSENT
-        for rel, digest in result.digests.items():
-            self._served[digest] = self.root / rel
+        entries = await self.state.run(lambda: self.state.stat_entries(unknown))
+        await self._absorb(await scan(self.root, unknown, entries))
 
     # -- outputs in the workspace -----------------------------------------------------------------
 
@@ -719,12 +779,6 @@ class Build:
                 return False
             self._served[out.digest] = self.root / out.path
         return True
-
-    def _stat_cache(self) -> dict[str, StatEntry]:
-        """The stat cache as this build started, loaded once (it is only read here)."""
-        if self._stat_snapshot is None:
-            self._stat_snapshot = self.state.load_stat_cache()
-        return self._stat_snapshot
 
     async def _materialize(self, step: Step, outputs: list[OutputRef], producer: str | None) -> bool:
         """Fetch final outputs into the workspace atomically (temp file + rename)."""
@@ -772,7 +826,7 @@ class Build:
         return ""
 
     def _workspace_has(self, out: OutputRef) -> bool:
-        entry = self._stat_cache().get(out.path)
+        entry = self.state.stat_entries((out.path,)).get(out.path)
         try:
             st = os.stat(self.root / out.path)
         except FileNotFoundError:

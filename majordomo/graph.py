@@ -51,6 +51,10 @@ class BuildGraph:
         self._discovered[step.id] = kept
         return kept
 
+    def note_result(self, step: Step, key: str) -> None:
+        """The step's newest recorded key (a graph carried to the next build must not lag the state)."""
+        self._records[step.id] = StepRecord(key, self.discovered(step))
+
     def select(self, targets: list[str]) -> list[Step]:
         """The steps the targets name (output paths, recipe names or step ids); all final ones if none."""
         if not targets:

@@ -25,10 +25,12 @@ from array import array
 STAMP_FORMAT = 4
 _FIELDS = 5  # per file in the packed stat array
 MAX_TOUCHED = 64  # more files with new stats than this: let the full path decide
+CHANGED_MAX = 1000  # more changed files than this: a rebuild from them is no cheaper than the full path
 # File times come from the kernel's coarse clock (one tick, at most ~10 ms, behind the fine one):
 # an entry stat'ed less than a tick after its last change could change again unseen.
 TICK_MARGIN_NS = 20_000_000
 _Stat = tuple[int, int, int, int, int]  # size, mtime_ns, ino, ctime_ns, executable bits
+StampId = tuple[int, int, int]  # the stamp file's inode, mtime_ns and size
 _XBITS = 4
 
 
@@ -66,8 +68,10 @@ def _project_dirs(root: str) -> list[str]:
 
 
 def write_stamp(root: str, args_key: str, recipe_file: str,
-                files: list[tuple[str, str, tuple[int, int, int, int] | None]], tools: list[str], steps: int) -> None:
-    """Record the stats that vouch for a successful build (or remove the stamp if they cannot).
+                files: list[tuple[str, str, tuple[int, int, int, int] | None]], tools: list[str],
+                steps: int) -> tuple[object, ...] | None:
+    """Record the stats that vouch for a successful build (or remove the stamp if they cannot);
+    returns what was recorded.
 
     A file's third item is its stat when the build took its digest: a file saved since (during the
     build) is recorded with that older stat, so the next check sees the difference and hashes it."""
@@ -86,12 +90,12 @@ def write_stamp(root: str, args_key: str, recipe_file: str,
         time.sleep(min(newest + TICK_MARGIN_NS - now, TICK_MARGIN_NS) / 1e9 + 0.001)
     else:
         remove_stamp(root)
-        return
+        return None
     if recipe is None or newest >= time.time_ns() - TICK_MARGIN_NS or (
             stats and all(s[1] % 1_000_000_000 == 0 for s in stats)):
         # Still too fresh, dated in the future, or whole-second file times: stats cannot vouch.
         remove_stamp(root)
-        return
+        return None
     tool_stats = []
     for tool in tools:
         found = shutil.which(tool)
@@ -100,8 +104,10 @@ def write_stamp(root: str, args_key: str, recipe_file: str,
     paths, stats_blob = _pack([(p, st) for p, st, _ in entries])
     digests = "\0".join(digest for _, _, digest in entries)
     dir_paths, dir_blob = _pack(dirs)
-    _dump(root, (STAMP_FORMAT, args_key, recipe_file, recipe, paths, stats_blob, digests, dir_paths, dir_blob,
-                 tool_stats, steps))
+    data = (STAMP_FORMAT, args_key, recipe_file, recipe, paths, stats_blob, digests, dir_paths, dir_blob,
+            tool_stats, steps)
+    _dump(root, data)
+    return data
 
 
 def _as_taken(now: _Stat | None, taken: tuple[int, int, int, int] | None) -> _Stat | None:
@@ -122,7 +128,8 @@ def _pack(items: list[tuple[str, _Stat | None]]) -> tuple[str, bytes]:
 def _unpack(paths: str, blob: bytes) -> tuple[list[str], array[int]]:
     stats = array("q")
     stats.frombytes(blob)
-    return (paths.split("\0") if paths else []), stats
+    # By count, not by the string: a project without subdirectories has one directory, "".
+    return (paths.split("\0") if len(stats) else []), stats
 
 
 def _stat_at(stats: array[int], index: int) -> _Stat | None:
@@ -139,40 +146,98 @@ def remove_stamp(root: str) -> None:
         pass
 
 
-def check_stamp(root: str, args_key: str) -> int | None:
-    """The number of up-to-date steps if the stamp still vouches for everything, else None."""
+def _load_stamp(root: str) -> tuple[tuple[object, ...], StampId] | None:
     try:
         with open(stamp_path(root), "rb") as f:
             data = marshal.load(f)
-        (fmt, key, recipe_file, recipe, paths_s, stats_blob, digests_s, dirs_s, dirs_blob,
-         tool_stats, steps) = data
-        paths, stats = _unpack(paths_s, stats_blob)
-        dirs, dir_stats = _unpack(dirs_s, dirs_blob)
+            st = os.fstat(f.fileno())
     except (OSError, EOFError, ValueError, TypeError):
         return None
-    if fmt != STAMP_FORMAT or key != args_key or _stat(os.path.join(root, recipe_file)) != recipe:
+    if not (isinstance(data, tuple) and len(data) == 11 and data[0] == STAMP_FORMAT):
+        return None
+    return data, (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def stamp_id(root: str) -> StampId | None:
+    """Which stamp file is there now (a rewrite is another one): (inode, mtime_ns, size)."""
+    try:
+        st = os.stat(stamp_path(root))
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _differences(root: str, data: tuple[object, ...], args_key: str,
+                 limit: int) -> tuple[list[tuple[int, str, str, _Stat | None, _Stat | None]], array[int]] | None:
+    """Files whose stats moved since the stamp: (index, path, digest, then, now) for each, and the
+    stamp's stat array. None when more than that changed: the arguments, the recipe file, a
+    directory (a file added, removed or renamed), a tool, or more than `limit` files."""
+    try:
+        (_fmt, key, recipe_file, recipe, paths_s, stats_blob, digests_s, dirs_s, dirs_blob,
+         tool_stats, _steps) = data
+        paths, stats = _unpack(paths_s, stats_blob)  # type: ignore[arg-type]
+        dirs, dir_stats = _unpack(dirs_s, dirs_blob)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return None
+    if key != args_key or _stat(os.path.join(root, recipe_file)) != recipe:  # type: ignore[arg-type]
         return None
     for index, rel in enumerate(dirs):
         if _stat(os.path.join(root, rel) if rel else root) != _stat_at(dir_stats, index):
             return None
-    digests = digests_s.split("\0") if paths else []
-    touched: list[tuple[int, str, str]] = []
+    digests = digests_s.split("\0") if paths else []  # type: ignore[union-attr]
+    moved: list[tuple[int, str, str, _Stat | None, _Stat | None]] = []
     for index, rel in enumerate(paths):
         now = _stat(os.path.join(root, rel))
-        st = _stat_at(stats, index)
-        if now != st:
-            digest = digests[index]
-            if now is None or st is None or not digest or len(touched) >= MAX_TOUCHED:
+        then = _stat_at(stats, index)
+        if now != then:
+            if len(moved) >= limit:
                 return None
-            if now[_XBITS] != st[_XBITS] or now[0] != st[0]:
-                return None  # a mode change, or other bytes for sure: the full path decides
-            touched.append((index, rel, digest))
-    for tool, real, st in tool_stats:
+            moved.append((index, rel, digests[index], then, now))
+    for tool, real, st in tool_stats:  # type: ignore[attr-defined]
         found = shutil.which(tool)
         if (os.path.realpath(found) if found else "") != real or (real and _stat(real) != st):
             return None
+    return moved, stats
+
+
+def changed_files(root: str, data: tuple[object, ...], args_key: str, limit: int = CHANGED_MAX) -> list[str] | None:
+    """The files among those a stamp's data vouches for whose stats changed since, or None when
+    something structural changed too (see `_differences`). The resident build server asks this
+    of the stamp it wrote itself, to rebuild from what changed without walking the project."""
+    found = _differences(root, data, args_key, limit)
+    return None if found is None else [rel for _, rel, _, _, _ in found[0]]
+
+
+def check_stamp(root: str, args_key: str) -> int | None:
+    """The number of up-to-date steps if the stamp still vouches for everything, else None."""
+    return check_stamp_delta(root, args_key)[0]
+
+
+def check_stamp_delta(root: str, args_key: str) -> tuple[int | None, tuple[StampId, list[str]] | None]:
+    """`check_stamp`, and when it fails only because some files changed: which stamp said so and
+    those files (the resident build server, which wrote that stamp, starts from them)."""
+    loaded = _load_stamp(root)
+    if loaded is None:
+        return None, None
+    data, ident = loaded
+    found = _differences(root, data, args_key, CHANGED_MAX)
+    if found is None:
+        return None, None
+    moved, stats = found
+    delta = (ident, [rel for _, rel, _, _, _ in moved])
+    if len(moved) > MAX_TOUCHED:
+        return None, delta
+    touched: list[tuple[int, str, str]] = []
+    for index, rel, digest, then, now in moved:
+        if now is None or then is None or not digest:
+            return None, delta
+        if now[_XBITS] != then[_XBITS] or now[0] != then[0]:
+            return None, delta  # a mode change, or other bytes for sure: the full path decides
+        touched.append((index, rel, digest))
+    steps = data[10]
+    assert isinstance(steps, int)
     if touched and not _same_bytes(root, touched):
-        return None
+        return None, delta
     if touched:
         # Still a no-op. Remember the new stats so the next check is stat-only again, but only
         # once they are a clock tick old: a save within the same tick could keep the mtime.
@@ -181,9 +246,8 @@ def check_stamp(root: str, args_key: str) -> int | None:
             for index, st in fresh:
                 assert st is not None
                 stats[index * _FIELDS:(index + 1) * _FIELDS] = array("q", st)
-            _dump(root, (fmt, key, recipe_file, recipe, paths_s, stats.tobytes(), digests_s, dirs_s, dirs_blob,
-                         tool_stats, steps))
-    return steps
+            _dump(root, (*data[:5], stats.tobytes(), *data[6:]))
+    return steps, None
 
 
 def _same_bytes(root: str, touched: list[tuple[int, str, str]]) -> bool:

@@ -8,6 +8,7 @@ event loop; start-up reads are bulk and synchronous (before there is anything el
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -111,6 +112,7 @@ class State:
             raise StateError(
                 f"{self.path}: state schema {row[0]} is newer than this majordomo's ({SCHEMA_VERSION}); "
                 "upgrade majordomo")
+        self._ino = os.stat(self.path).st_ino
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
         self._results: dict[str, bytes] | None = None
 
@@ -134,6 +136,36 @@ class State:
     def load_stat_cache(self) -> dict[str, StatEntry]:
         rows = self._db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM stat_cache")
         return {r[0]: StatEntry(r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
+    def stat_entries(self, paths: Iterable[str]) -> dict[str, StatEntry]:
+        """The stat cache entries of a few paths (a rebuild of what changed reads no more)."""
+        found: dict[str, StatEntry] = {}
+        for path in paths:
+            row = self._db.execute("SELECT size, mtime_ns, ino, ctime_ns, digest FROM stat_cache WHERE path=?",
+                                   (path,)).fetchone()
+            if row:
+                found[path] = StatEntry(*row)
+        return found
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (SQLite's PRAGMA data_version): how the
+        resident build server knows whether what it remembers of this database still holds."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def warm(self) -> None:
+        """Load what `result` reads before a build asks (the build server does it between builds)."""
+        self.result("")
+
+    def forget_memos(self) -> None:
+        """Another process wrote the database: what we read of it before may be stale."""
+        self._results = None
+
+    def is_current_file(self) -> bool:
+        """Still the file at our path? (`rm -rf .majordomo` leaves this connection on a ghost.)"""
+        try:
+            return os.stat(self.path).st_ino == self._ino
+        except OSError:
+            return False
 
     def load_steps(self) -> dict[str, StepRecord]:
         rows = self._db.execute("SELECT step_id, action_key, discovered FROM steps")

@@ -98,3 +98,50 @@ def test_a_file_saved_during_the_build_is_not_vouched_for(tmp_path: Path) -> Non
     noop.write_stamp(str(root), "key", "majordomo.toml", [("a.txt", "sha256:" + hashlib.sha256(b"new\n").hexdigest(),
                                                           None)], [], 1)
     assert noop.check_stamp(str(root), "key") == 1  # the control: a stamp of the current bytes holds
+
+
+def test_a_failed_check_names_the_changed_files_and_its_stamp(tmp_path: Path) -> None:
+    """What the client hands the build server (majordomo/carryover.py): the files whose stats moved,
+    and which stamp it compared them with; nothing when a directory or the recipe changed."""
+    import hashlib
+    import time
+
+    from majordomo import noop
+
+    root = tmp_path / "p"
+    (root / ".majordomo").mkdir(parents=True)
+    (root / "majordomo.toml").write_text("# recipe\n")
+    old = time.time() - 60
+    files = []
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (root / name).write_text(f"{name}\n")
+        os.utime(root / name, (old, old))
+        files.append((name, "sha256:" + hashlib.sha256(f"{name}\n".encode()).hexdigest(), None))
+    os.utime(root / "majordomo.toml", (old, old))
+    os.utime(root, (old, old))
+    data = noop.write_stamp(str(root), "key", "majordomo.toml", files, [], 3)
+    assert data is not None
+    ident = noop.stamp_id(str(root))
+
+    (root / "b.txt").write_text("longer than before\n")
+    steps, delta = noop.check_stamp_delta(str(root), "key")
+    assert steps is None and delta == (ident, ["b.txt"])
+    assert noop.changed_files(str(root), data, "key") == ["b.txt"]  # the server's own comparison agrees
+    assert noop.check_stamp_delta(str(root), "other args") == (None, None)
+
+    (root / "d.txt").write_text("new file\n")  # the directory changed: globs may see more
+    assert noop.check_stamp_delta(str(root), "key") == (None, None)
+    assert noop.changed_files(str(root), data, "key") is None
+
+
+def test_a_file_added_to_a_project_without_subdirectories_is_seen(tmp_path: Path) -> None:
+    """The stamp stored its one directory, the project root, as an empty list of paths, so adding a
+    file a glob reads went unnoticed in a project without subdirectories."""
+    recipe = '[[step]]\nname = "join"\ninputs = ["*.txt"]\noutputs = ["all.out"]\ncommand = "cat $^ > $@"\n'
+    project = write_project(tmp_path / "p", recipe, {"a.txt": "a\n"})
+    assert majordomo(project, "build").code == 0
+    assert FAST in majordomo(project, "build").stdout
+    (project / "b.txt").write_text("b\n")
+    run = majordomo(project, "build", "--json")
+    assert run.code == 0 and FAST not in run.stderr and run.summary["steps_run"] == 1, run.stderr
+    assert (project / "all.out").read_text() == "a\nb\n"

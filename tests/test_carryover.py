@@ -1,0 +1,96 @@
+"""The resident build server's carry-over (majordomo/carryover.py): after an edit it visits only the
+steps the changed files affect, and it falls back to the full path whenever its memory may be stale.
+
+`steps_visited` in the `--json` summary says which path a build took: all steps on the full path,
+only the affected ones on the carried-over path."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, UPPER_JOIN, majordomo, write_project
+
+SOURCES = {"src/a.txt": "alpha\n", "src/b.txt": "beta\n", "src/c.txt": "gamma\n"}
+STEPS = 4  # upper of a, b, c and the join
+
+
+def _server_build(project: Path) -> dict:
+    """`majordomo build --json` through the resident build server (the client must stay thin)."""
+    thin = ("import sys, majordomo.cli as c; code = c.main(sys.argv[1:]); "
+            "sys.exit(code if 'nats' not in sys.modules else 99)")
+    run = subprocess.run([sys.executable, "-c", thin, "build", "-C", str(project), "--json"], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _served_project(tmp_path: Path) -> Path:
+    """A project built once in-process (starting the server) and once by the server (its memory)."""
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    assert majordomo(project, "build").code == 0
+    (project / "src/a.txt").write_text("apple\n")
+    first = _server_build(project)
+    assert first["steps_visited"] == STEPS and first["steps_run"] == 2  # no memory yet: the full path
+    return project
+
+
+def test_an_edit_visits_only_the_steps_it_affects(tmp_path: Path) -> None:
+    project = _served_project(tmp_path)
+    (project / "src/b.txt").write_text("bravo\n")
+    summary = _server_build(project)
+    assert summary["ok"] and summary["steps_visited"] == 2, summary  # upper of b, the join
+    assert summary["steps_run"] == 2 and summary["steps_cached"] == 2
+    assert (project / "build/all.txt").read_text() == "APPLE\nBRAVO\nGAMMA\n"
+
+    # Early cutoff inside the visited set: new bytes, same upper-case output, so the join is cached.
+    (project / "src/c.txt").write_text("GAMMA\n")
+    summary = _server_build(project)
+    assert (summary["steps_visited"], summary["steps_run"], summary["steps_cached"]) == (2, 1, 3), summary
+
+    # The executable bit is in keys: a chmod reruns its reader (same output bytes: the join is cut off).
+    os.chmod(project / "src/a.txt", 0o755)
+    summary = _server_build(project)
+    assert (summary["steps_visited"], summary["steps_run"]) == (2, 1), summary
+
+
+def test_a_deleted_or_edited_output_is_fetched_again(tmp_path: Path) -> None:
+    project = _served_project(tmp_path)
+    expected = (project / "build/all.txt").read_text()
+    (project / "build/all.txt").write_text("scribbled\n")  # in place: its directory is unchanged
+    summary = _server_build(project)
+    assert (summary["steps_visited"], summary["steps_run"]) == (1, 0), summary  # the join, cached: fetched
+    assert (project / "build/all.txt").read_text() == expected
+    (project / "build/all.txt").unlink()  # its directory changed: the full path
+    summary = _server_build(project)
+    assert (summary["steps_visited"], summary["steps_run"]) == (STEPS, 0), summary
+    assert (project / "build/all.txt").read_text() == expected
+
+
+def test_a_new_file_or_recipe_change_takes_the_full_path(tmp_path: Path) -> None:
+    project = _served_project(tmp_path)
+    (project / "src/d.txt").write_text("delta\n")  # its directory changed: globs may see more
+    summary = _server_build(project)
+    assert (summary["steps_visited"], summary["steps_run"]) == (STEPS + 1, 2), summary
+    assert (project / "build/all.txt").read_text() == "APPLE\nBETA\nGAMMA\nDELTA\n"
+    (project / "majordomo.toml").write_text(UPPER_JOIN.replace("cat $^ > $@", "cat $^ > $@; echo end >> $@"))
+    summary = _server_build(project)
+    assert (summary["steps_visited"], summary["steps_run"]) == (STEPS + 1, 1), summary
+    assert (project / "build/all.txt").read_text().endswith("DELTA\nend\n")
+
+
+def test_another_process_writing_the_state_takes_the_full_path(tmp_path: Path) -> None:
+    """The server cannot see what another process recorded: SQLite's data_version tells it to
+    forget what it remembers."""
+    project = _served_project(tmp_path)
+    with sqlite3.connect(project / ".majordomo" / "state.db") as db:
+        db.execute("DELETE FROM results")  # another build's doing, as far as the server knows
+    (project / "src/b.txt").write_text("bravo\n")
+    summary = _server_build(project)
+    # Every step visited, and every step whose result was forgotten runs again.
+    assert (summary["steps_visited"], summary["steps_run"]) == (STEPS, STEPS), summary
+    assert (project / "build/all.txt").read_text() == "APPLE\nBRAVO\nGAMMA\n"
