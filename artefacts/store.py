@@ -54,6 +54,7 @@ class Store:
         self.algo = algo
         self.jobs = max(1, jobs or os.cpu_count() or 1)
         self.tmp = self.root / "tmp"
+        self._prefix = str(self.root) + os.sep
         self.tmp.mkdir(parents=True, exist_ok=True)
 
     # --- lookups -------------------------------------------------------------------------------
@@ -64,7 +65,8 @@ class Store:
     def has(self, digest: str) -> bool:
         """True when the entry is a regular file (a symlink planted in the store does not count)."""
         try:
-            return stat.S_ISREG(os.lstat(self.path_for(digest)).st_mode)
+            # A string join: pathlib costs ~10 us a call, and a chef asks twice per input per step.
+            return stat.S_ISREG(os.lstat(self._prefix + store_relpath(digest)).st_mode)
         except FileNotFoundError:
             return False
 

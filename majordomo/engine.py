@@ -48,6 +48,7 @@ from protocol.messages import (
 if TYPE_CHECKING:  # the federation stack (nats-py, asyncssh) costs ~0.3 s to import: only when needed
     from nats.aio.client import Client as NATS
 
+    from artefacts.mapwrites import Write
     from artefacts.ownership import FederationMaps
     from artefacts.sftp_client import Puller
     from majordomo.federation import Federation
@@ -177,6 +178,7 @@ class Build:
         self._owner_map: dict[str, set[str]] | None = None
         self._events: list[tuple[str, str, str, dict[str, object]]] = []  # until the federation is up
         self._publishing: set[asyncio.Task[None]] = set()
+        self._sharing: set[asyncio.Task[None]] = set()  # writes to the shared maps under way
         self._outbox: deque[tuple[str, bytes]] = deque()  # events waiting for the publisher task
         self._served = facts.served  # digest -> workspace file this pod serves
         self._regenerating: dict[str, asyncio.Task[None]] = {}
@@ -198,6 +200,8 @@ class Build:
             await self._cancel_on_chefs()
             raise
         finally:
+            if self._sharing:
+                await asyncio.wait(list(self._sharing))  # they never raise, nor wait for a failover
             self._probe.save()
             self.report.duration_s = time.monotonic() - started
             self._publish("build.finished", detail=self.report.as_json())
@@ -726,14 +730,11 @@ class Build:
         for digest in {r for r in inputs.values() if r != ABSENT}:
             self._owners().setdefault(digest, set()).add(result.chef_id)  # it pulled what it lacked
         if self._maps and self._fed:
-            # What a failover keeps the cluster from taking now is replayed later (artefacts/mapwrites.py).
             writes = self._fed.map_writes(self._maps)
             # Only under the key of what the step really read: the declared-inputs key alone would
             # let a checkout with other headers (other may_read files) reuse these outputs.
-            why = await writes.write([writes.owner(o.digest, o.size, result.chef_id) for o in result.outputs],
-                                     [writes.action(final_key, list(result.outputs))])
-            if why:  # the shared maps are advisory: the result itself is good
-                self._publish("federation.degraded", step, result.chef_id, {"error": why})
+            self._share(step, result.chef_id, [writes.owner(o.digest, o.size, result.chef_id) for o in result.outputs],
+                        [writes.action(final_key, list(result.outputs))])
         await self.state.run(lambda: self.state.record_result(
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log,
             detail, self._placed.get(step.id, "")))
@@ -947,9 +948,27 @@ class Build:
         self._owners().setdefault(digest, set()).add(pod)
         self._publish("artefact.owned", detail={"path": path, "digest": digest, "size": size, "pod": pod})
         await self.state.run(lambda: self.state.add_owner(digest, pod, size))
-        if self._maps:
-            with contextlib.suppress(Exception):  # advisory: our own state has it
-                await self._maps.add_owner(digest, size, pod)
+        if self._maps and self._fed:
+            writes = self._fed.map_writes(self._maps)
+            self._share(None, pod, [writes.owner(digest, size, pod)])
+
+    def _share(self, step: Step | None, pod: str, *groups: list[Write]) -> None:
+        """Write to the federation's shared maps in the background, in order (owners before the
+        action-cache entry that names them). Nothing this build does waits for them: its own
+        state has the facts, and a step's inputs carry their owners. The build waits for them
+        before it ends, so another MajorDomo asking next finds them; what a failover keeps the
+        cluster from taking is replayed later (artefacts/mapwrites.py)."""
+        assert self._maps and self._fed
+        writes = self._fed.map_writes(self._maps)
+
+        async def write() -> None:
+            why = await writes.write(*groups)
+            if why:  # advisory: the result itself is good
+                self._publish("federation.degraded", step, pod, {"error": why})
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._sharing.add(task)
+        task.add_done_callback(self._sharing.discard)
 
     async def _drop_owner(self, digest: str, pod: str) -> None:
         self._owners().get(digest, set()).discard(pod)
