@@ -36,6 +36,7 @@ class ArtefactFacts:
     vouched: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)  # path -> stat at digest time
     latest: dict[str, tuple[list[OutputRef], str | None]] = field(default_factory=dict)  # step id -> outputs
     served: dict[str, Path] = field(default_factory=dict)  # digest -> workspace file this pod serves
+    serving: dict[Path, str] = field(default_factory=dict)  # workspace file -> the digest it serves
 
 
 @dataclass(eq=False)

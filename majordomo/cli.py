@@ -313,8 +313,9 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
         except StateError as exc:
             raise UserError(str(exc)) from None
         changed = None
+        # -v lists every step, the unchanged ones too: only the full path visits them.
         if (unchanged and carry is not None and carry.stamp is not None and carry.root == root
-                and carry.args_key == key):
+                and carry.args_key == key and not args.verbose):
             if delta is not None and tuple(delta[0]) == carry.stamp_id and len(delta[1]) <= noop.CHANGED_MAX:
                 changed = list(delta[1])
             else:

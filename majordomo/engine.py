@@ -181,6 +181,7 @@ class Build:
         self._sharing: set[asyncio.Task[None]] = set()  # writes to the shared maps under way
         self._outbox: deque[tuple[str, bytes]] = deque()  # events waiting for the publisher task
         self._served = facts.served  # digest -> workspace file this pod serves
+        self._serving = facts.serving  # the reverse: workspace file -> the digest it serves
         self._regenerating: dict[str, asyncio.Task[None]] = {}
         self._done = 0
 
@@ -257,10 +258,9 @@ class Build:
                     raise BuildError(f"missing input file {path} (needed by {', '.join(declared[:3])})")
             await self._absorb(result)
             for path in sources:
-                old_digest, _ = before[path]
                 if (self.digests.get(path), path in self.executable) != before[path]:
-                    if old_digest and self._served.get(old_digest) == self.root / path:
-                        del self._served[old_digest]  # those bytes are gone from the workspace
+                    if self.digests.get(path) == ABSENT:
+                        self._unserve(self.root / path)
                     for step in carry.readers(path):
                         dirty[step.id] = step
         for path in self._changed:
@@ -275,7 +275,7 @@ class Build:
     def facts(self) -> ArtefactFacts:
         """What this build knows of every artefact, for a carried-over next build."""
         return ArtefactFacts(self.digests, self.sizes, self.executable, self.cutoff, self.vouched, self._latest,
-                             self._served)
+                             self._served, self._serving)
 
     def stamp_inputs(self) -> tuple[list[tuple[str, str, tuple[int, int, int, int] | None]], list[str]]:
         """What the no-op stamp must watch after a successful build, with digests and the stats they
@@ -313,7 +313,24 @@ class Build:
             else:
                 self.executable.discard(rel)
         for rel, digest in result.digests.items():
-            self._served[digest] = self.root / rel
+            self._serve(digest, self.root / rel)
+
+    def _serve(self, digest: str, path: Path) -> None:
+        """Our SFTP server serves `digest` from the workspace file `path`, which holds those bytes now."""
+        self._unserve(path)
+        self._served[digest] = path
+        self._serving[path] = digest
+
+    def _unserve(self, path: Path) -> None:
+        """`path` no longer holds the bytes it was serving (a carried-over build learnt it changed):
+        serve them from another workspace file that still does, or not at all."""
+        old = self._serving.pop(path, None)
+        if old is None or self._served.get(old) != path:
+            return
+        del self._served[old]
+        other = next((p for p, d in self._serving.items() if d == old), None)
+        if other is not None:
+            self._served[old] = other
 
     async def _remove_stale_outputs(self) -> None:
         """Delete workspace files this tool wrote that a clean build would not leave there: outputs
@@ -733,7 +750,8 @@ class Build:
             writes = self._fed.map_writes(self._maps)
             # Only under the key of what the step really read: the declared-inputs key alone would
             # let a checkout with other headers (other may_read files) reuse these outputs.
-            self._share(step, result.chef_id, [writes.owner(o.digest, o.size, result.chef_id) for o in result.outputs],
+            self._share(step, result.chef_id,
+                        [writes.owner(o.digest, o.size, result.chef_id, likely_new=True) for o in result.outputs],
                         [writes.action(final_key, list(result.outputs))])
         await self.state.run(lambda: self.state.record_result(
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log,
@@ -778,7 +796,7 @@ class Build:
                 continue
             if not self._workspace_has(out):
                 return False
-            self._served[out.digest] = self.root / out.path
+            self._serve(out.digest, self.root / out.path)
         return True
 
     async def _materialize(self, step: Step, outputs: list[OutputRef], producer: str | None) -> bool:
@@ -807,7 +825,7 @@ class Build:
             await self.state.run(lambda o=out, s=st: self.state.record_produced(
                 o.path, o.digest, step.id, stat_entry(s, o.digest)))
             await self._add_owner(out.digest, self.pod_id, out.size, out.path)
-            self._served[out.digest] = dest
+            self._serve(out.digest, dest)
         return True
 
     async def _fetch(self, fed: Federation, out: OutputRef, producer: str | None, dest: Path) -> str:
@@ -974,7 +992,11 @@ class Build:
         self._owners().get(digest, set()).discard(pod)
         self._publish("artefact.released", detail={"digest": digest, "pod": pod})
         await self.state.run(lambda: self.state.drop_owner(digest, pod))
-        if self._maps:
+        if self._maps and self._fed:
+            # An add of this owner still queued or under way must not land after the removal.
+            self._fed.map_writes(self._maps).forget_owner(digest, pod)
+            if self._sharing:
+                await asyncio.wait(list(self._sharing))
             with contextlib.suppress(Exception):
                 await self._maps.remove_owner(digest, pod)
 
