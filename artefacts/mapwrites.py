@@ -51,10 +51,9 @@ class MapWrites:
 
     # -- what to write ----------------------------------------------------------------------------
 
-    def owner(self, digest: str, size: int, pod: str, *, likely_new: bool = False) -> Write:
+    def owner(self, digest: str, size: int, pod: str) -> Write:
         return Write(f"owner {pod} of {_short(digest)}",
-                     lambda: self.maps.add_owner(digest, size, pod, retry_for_s=0, likely_new=likely_new),
-                     owner=(digest, pod))
+                     lambda: self.maps.add_owner(digest, size, pod, retry_for_s=0), owner=(digest, pod))
 
     def action(self, action_key: str, outputs: list[OutputRef]) -> Write:
         return Write(f"action-cache entry {_short(action_key)}",

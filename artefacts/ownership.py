@@ -47,17 +47,7 @@ class FederationMaps:
             return None
         return _own_dec.decode(entry.value) if entry.value else None
 
-    async def add_owner(self, digest: str, size: int, pod: str, *, retry_for_s: float = RETRY_FOR_S,
-                        likely_new: bool = False) -> None:
-        """`likely_new` (a step's fresh output): try to create the entry first, one round trip
-        instead of a read and a compare-and-swap; an existing entry is then updated as usual."""
-        if likely_new:
-            try:
-                await _retrying(lambda: self._owners.create(subjects.kv_key(digest), _own_enc.encode(
-                    Ownership(size=size, owners=[pod]))), for_s=retry_for_s)
-                return
-            except nats.js.errors.KeyWrongLastSequenceError:
-                pass  # it exists: add to its owners
+    async def add_owner(self, digest: str, size: int, pod: str, *, retry_for_s: float = RETRY_FOR_S) -> None:
         await _retrying(lambda: self._change(digest, size, lambda owners: owners if pod in owners else [*owners, pod]),
                         for_s=retry_for_s)
 

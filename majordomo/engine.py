@@ -751,7 +751,7 @@ class Build:
             # Only under the key of what the step really read: the declared-inputs key alone would
             # let a checkout with other headers (other may_read files) reuse these outputs.
             self._share(step, result.chef_id,
-                        [writes.owner(o.digest, o.size, result.chef_id, likely_new=True) for o in result.outputs],
+                        [writes.owner(o.digest, o.size, result.chef_id) for o in result.outputs],
                         [writes.action(final_key, list(result.outputs))])
         await self.state.run(lambda: self.state.record_result(
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log,

@@ -206,24 +206,3 @@ async def test_a_build_records_every_owner_after_the_cluster_lost_its_quorum(clu
         for fd in fds:
             os.close(fd)
 
-
-async def test_a_likely_new_owner_is_created_at_once_and_never_replaces_others(solo: Node) -> None:
-    """A step's fresh output is written with one create instead of a read and a compare-and-swap;
-    if the entry exists after all (another pod made the same bytes), the owner is added to it."""
-    nc = await connect(solo.url, "test-likely-new")
-    try:
-        maps = await FederationMaps(nc).open()
-        await maps.add_owner(D1, 10, "chef-a", likely_new=True)
-        first = await maps.owners(D1)
-        assert first is not None and first.owners == ["chef-a"] and first.size == 10
-        await maps.add_owner(D1, 10, "chef-b", likely_new=True)  # exists: added, chef-a kept
-        await maps.add_owner(D1, 10, "chef-b", likely_new=True)  # already there: unchanged
-        after = await maps.owners(D1)
-        assert after is not None and after.owners == ["chef-a", "chef-b"]
-        await maps.remove_owner(D1, "chef-a")
-        await maps.remove_owner(D1, "chef-b")
-        await maps.add_owner(D1, 10, "chef-c", likely_new=True)  # over an emptied entry
-        last = await maps.owners(D1)
-        assert last is not None and last.owners == ["chef-c"]
-    finally:
-        await _close(nc)
