@@ -9,6 +9,7 @@ never a requirement.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -92,11 +93,9 @@ def _converse(sock: socket.socket, argv: list[str], state_dir: Path, delta: obje
 
 
 def _emit(stream: object, text: object) -> None:
-    try:
+    with contextlib.suppress(BrokenPipeError, ValueError):  # our reader has gone: the build still finishes
         stream.write(str(text))  # type: ignore[attr-defined]
         stream.flush()  # type: ignore[attr-defined]
-    except (BrokenPipeError, ValueError):
-        pass  # our reader has gone: the build still finishes and is recorded
 
 
 def _live(stream: object) -> bool:

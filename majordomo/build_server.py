@@ -174,12 +174,10 @@ class _Reply:
 
 def _delta(raw: object) -> Delta | None:
     """The client's `[[inode, mtime_ns, size], [path, ...]]`, checked for shape."""
-    try:
+    with contextlib.suppress(TypeError, ValueError):
         ident, paths = raw  # type: ignore[misc]
         if len(ident) == 3 and all(isinstance(n, int) for n in ident) and all(isinstance(p, str) for p in paths):
             return list(ident), list(paths)
-    except (TypeError, ValueError):
-        pass
     return None  # none, or not what our client sends: the server compares the stamp itself
 
 

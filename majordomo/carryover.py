@@ -60,15 +60,13 @@ class Carryover:
 
     def readers(self, path: str) -> list[Step]:
         """Steps of this build that read `path` (declared, may_read or discovered)."""
-        if self._readers is None:
-            self._index()
+        self.index()
         assert self._readers is not None
         return self._readers.get(path, [])
 
     def downstream(self, dirty: list[Step]) -> set[str]:
         """Ids of the dirty steps and of every step that depends on one of them, transitively."""
-        if self._dependants is None:
-            self._index()
+        self.index()
         assert self._dependants is not None
         seen: set[str] = set()
         stack = list(dirty)
@@ -85,7 +83,10 @@ class Carryover:
         if previous.graph is self.graph and previous.units is self.units:
             self._readers, self._dependants = previous._readers, previous._dependants
 
-    def _index(self) -> None:
+    def index(self) -> None:
+        """Build the reverse index (who reads a path, who depends on a step): once per graph."""
+        if self._readers is not None and self._dependants is not None:
+            return
         readers: dict[str, list[Step]] = {}
         dependants: dict[str, list[Step]] = {}
         for unit in self.units:

@@ -376,7 +376,7 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
             if kept is not None and data is not None:
                 kept.stamp = data  # what the next request compares the disk with
                 kept.stamp_id = noop.stamp_id(str(project.root))
-                kept.readers("")  # index the graph now, while no client waits
+                kept.index()  # now, while no client waits
                 await state.run(state.warm)
 
         if later is None:
@@ -548,7 +548,7 @@ def _owners(args: argparse.Namespace) -> int:
     else:
         state = State(root)
         try:
-            owners = sorted(state.load_owners().get(digest, set()))
+            owners = sorted(state.owners_of(digest))
         finally:
             state.close()
         size = None

@@ -307,12 +307,11 @@ class Build:
         self.digests.update(result.digests)
         self.sizes.update(result.sizes)
         self.vouched.update(result.stats)
-        for rel in result.digests:  # a carried-over build knew these files: a chmod -x counts too
+        for rel, digest in result.digests.items():
             if rel in result.executable:
                 self.executable.add(rel)
-            else:
+            else:  # a carried-over build knew this file: a chmod -x counts too
                 self.executable.discard(rel)
-        for rel, digest in result.digests.items():
             self._serve(digest, self.root / rel)
 
     def _serve(self, digest: str, path: Path) -> None:
@@ -342,7 +341,7 @@ class Build:
         stale = [p for p in produced if self.graph.producer(p) is None or not self.graph.is_final(p)]
         if not stale:
             return
-        current = await scan(self.root, stale, self.state.stat_entries(stale))
+        current = await scan(self.root, stale, await self.state.run(lambda: self.state.stat_entries(stale)))
         for path in stale:
             if current.digests.get(path) == produced[path][0]:
                 await asyncio.to_thread(os.unlink, self.root / path)

@@ -154,7 +154,7 @@ class State:
 
     def warm(self) -> None:
         """Load what `result` reads before a build asks (the build server does it between builds)."""
-        self.result("")
+        self._load_results()
 
     def forget_memos(self) -> None:
         """Another process wrote the database: what we read of it before may be stale."""
@@ -178,10 +178,13 @@ class State:
     def result(self, action_key: str) -> list[OutputRef] | None:
         """Outputs recorded under a key. The first call loads every result in one query (a no-op
         build of 10,000 steps asks 10,000 times); later records go to both table and memory."""
+        blob = self._load_results().get(action_key)
+        return _outputs_dec.decode(blob) if blob is not None else None
+
+    def _load_results(self) -> dict[str, bytes]:
         if self._results is None:
             self._results = dict(self._db.execute("SELECT action_key, outputs FROM results").fetchall())
-        blob = self._results.get(action_key)
-        return _outputs_dec.decode(blob) if blob is not None else None
+        return self._results
 
     def load_produced(self) -> dict[str, tuple[str, str]]:
         return {r[0]: (r[1], r[2]) for r in self._db.execute("SELECT path, digest, step_id FROM produced")}
@@ -198,12 +201,6 @@ class State:
 
     def owners_of(self, digest: str) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT pod FROM owners WHERE digest=?", (digest,))}
-
-    def load_owners(self) -> dict[str, set[str]]:
-        found: dict[str, set[str]] = {}
-        for digest, pod in self._db.execute("SELECT digest, pod FROM owners"):
-            found.setdefault(digest, set()).add(pod)
-        return found
 
     def step_log(self, step_id: str) -> tuple[str, bool, str, float] | None:
         row = self._db.execute("SELECT log, ok, chef_id, at FROM logs WHERE step_id=?", (step_id,)).fetchone()

@@ -76,6 +76,17 @@ def majordomo(project: Path, *args: str, env: dict[str, str] | None = None, time
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
+# `majordomo build` as a client that fails (exit 99) if the build ran in its own process: the
+# in-process path imports nats-py, the resident build server's thin client does not.
+THIN = ("import sys, majordomo.cli as c; code = c.main(sys.argv[1:]); "
+        "sys.exit(code if 'nats' not in sys.modules else 99)")
+
+
+def thin_build(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", THIN, "build", "-C", str(project), *args], capture_output=True,
+                          text=True, timeout=120, cwd=REPO, env={**os.environ, **(env or {})})
+
+
 @pytest.fixture(autouse=True)
 def stop_resident_federations(tmp_path: Path) -> Iterator[None]:
     """Every test leaves no resident federation behind: builds keep the embedded one up between

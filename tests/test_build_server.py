@@ -11,20 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, UPPER_JOIN, majordomo, write_project
+from conftest import REPO, THIN, UPPER_JOIN, majordomo, thin_build, write_project
 
 SOURCES = {"src/a.txt": "alpha\n", "src/b.txt": "beta\n"}
 BOUND_S = 60.0
-
-# A client that fails if the build ran in its own process: the in-process path imports nats-py.
-THIN = ("import sys, majordomo.cli as c; code = c.main(sys.argv[1:]); "
-        "sys.exit(code if 'nats' not in sys.modules else 99)")
-
-
-def _thin(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", THIN, "build", "-C", str(project), *args], capture_output=True,
-                          text=True, timeout=120, cwd=REPO, env={**os.environ, **(env or {})})
-
 
 def _resident_pid(project: Path) -> int:
     return int(json.loads((project / ".majordomo" / "resident.json").read_text())["pid"])
@@ -34,7 +24,7 @@ def test_a_build_after_the_first_runs_in_the_resident_server(tmp_path: Path) -> 
     project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
     assert majordomo(project, "build").code == 0  # in-process: it starts the resident federation
     (project / "src/b.txt").write_text("bravo\n")
-    run = _thin(project, "--json")
+    run = thin_build(project, "--json")
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout.strip().splitlines()[-1])  # --json: the summary is stdout's last line
     assert summary["ok"] and summary["steps_run"] == 2 and summary["steps_cached"] == 1
@@ -43,7 +33,7 @@ def test_a_build_after_the_first_runs_in_the_resident_server(tmp_path: Path) -> 
 
     # A failing step: its message and exit code come back through the server too.
     (project / "majordomo.toml").write_text(UPPER_JOIN.replace("cat $^ > $@", "cat $^ > $@; exit 3"))
-    failed = _thin(project)
+    failed = thin_build(project)
     assert failed.returncode == 1, failed.stderr
     assert "join" in failed.stdout and "FAILED" in failed.stdout.upper()
 
@@ -53,7 +43,7 @@ def test_a_recipe_error_is_reported_by_the_server_and_changes_nothing(tmp_path: 
     assert majordomo(project, "build").code == 0
     before = (project / "build/all.txt").read_text()
     (project / "majordomo.toml").write_text(UPPER_JOIN + "\n[[step]]\nname = \n")
-    run = _thin(project)
+    run = thin_build(project)
     assert run.returncode == 2 and "majordomo.toml" in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert (project / "build/all.txt").read_text() == before
 
@@ -90,7 +80,7 @@ def test_ctrl_c_of_the_client_cancels_its_build_in_the_server(tmp_path: Path) ->
             client.kill()
     # The server is still up and serves the next build; the cancelled step was never recorded.
     pid = _resident_pid(project)
-    run = _thin(project, "--json")
+    run = thin_build(project, "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1])["steps_run"] == 1  # slow only: the rest finished
     assert _resident_pid(project) == pid

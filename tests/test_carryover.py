@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import REPO, UPPER_JOIN, majordomo, write_project
+from conftest import UPPER_JOIN, majordomo, thin_build, write_project
 
 SOURCES = {"src/a.txt": "alpha\n", "src/b.txt": "beta\n", "src/c.txt": "gamma\n"}
 STEPS = 4  # upper of a, b, c and the join
@@ -21,10 +19,7 @@ STEPS = 4  # upper of a, b, c and the join
 
 def _server_build(project: Path) -> dict:
     """`majordomo build --json` through the resident build server (the client must stay thin)."""
-    thin = ("import sys, majordomo.cli as c; code = c.main(sys.argv[1:]); "
-            "sys.exit(code if 'nats' not in sys.modules else 99)")
-    run = subprocess.run([sys.executable, "-c", thin, "build", "-C", str(project), "--json"], capture_output=True,
-                         text=True, timeout=120, cwd=REPO)
+    run = thin_build(project, "--json")
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -141,9 +136,6 @@ def test_verbose_lists_every_step(tmp_path: Path) -> None:
     """-v shows the unchanged steps too, so it takes the full path even with a carry-over."""
     project = _served_project(tmp_path)
     (project / "src/b.txt").write_text("bravo\n")
-    thin = ("import sys, majordomo.cli as c; code = c.main(sys.argv[1:]); "
-            "sys.exit(code if 'nats' not in sys.modules else 99)")
-    run = subprocess.run([sys.executable, "-c", thin, "build", "-C", str(project), "-v"], capture_output=True,
-                         text=True, timeout=120, cwd=REPO)
+    run = thin_build(project, "-v")
     assert run.returncode == 0, run.stderr
     assert sum(" cached " in line for line in run.stdout.splitlines()) == 2, run.stdout  # upper of a and c

@@ -161,8 +161,10 @@ async def test_a_build_records_every_owner_after_the_cluster_lost_its_quorum(clu
 
     async def wait_event(kind: str, step: str) -> None:
         async with asyncio.timeout(60):
-            while not ((e := await events.get())["kind"] == kind and e["step_id"] == step):
-                pass
+            while True:
+                event = await events.get()
+                if event["kind"] == kind and event["step_id"] == step:
+                    return
 
     md: asyncio.subprocess.Process | None = None
     try:

@@ -26,7 +26,7 @@ def test_a_result_is_recorded_whole_even_before_any_lookup(tmp_path: Path) -> No
         record = again.load_steps()["copy"]
         assert (record.action_key, record.discovered) == ("key-1", ("inc/x.h",))
         assert again.key_detail("copy") == DETAIL
-        assert again.load_owners() == {OUT.digest: {"chef-a"}}
+        assert again.owners_of(OUT.digest) == {"chef-a"}
         log = again.step_log("copy")
         assert log is not None and (log[0], log[2]) == ("log text", "chef-a")
     finally:
