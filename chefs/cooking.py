@@ -14,7 +14,7 @@ from artefacts.normalise import NormaliserError, normalised_digest
 from artefacts.store import Store
 from chefs.discovery import parse_depfile, parse_fls, project_relative
 from chefs.latexlog import summarise_latex_log
-from chefs.sandbox import bwrap_path, plain_argv, sandbox_argv
+from chefs.sandbox import bwrap_path, can_protect_by_owner, input_owner, plain_argv, sandbox_argv
 from chefs.taskdir import TaskDir
 from protocol.errors import ErrorCode
 from protocol.messages import OutputRef, StepRequest
@@ -36,11 +36,18 @@ class Outcome:
 
 class Cook:
     def __init__(self, store: Store, tasks_dir: Path, tools: dict[str, str], *, sandbox: bool = True,
-                 on_output: Callable[[StepRequest, str], None] | None = None) -> None:
+                 on_output: Callable[[StepRequest, str], None] | None = None,
+                 protect_by_owner: bool | None = None) -> None:
         self.store = store
         self.tasks_dir = tasks_dir
         self.tools = tools
         self.bwrap = bwrap_path() if sandbox else None
+        # Sandboxed inputs are read-only by owner where we may give them to `nobody` (no mount per
+        # input), else by a read-only bind each. None: find out.
+        if protect_by_owner is None:
+            protect_by_owner = self.bwrap is not None and can_protect_by_owner(store.tmp)
+        self.protect_by_owner = protect_by_owner and self.bwrap is not None
+        self._input_owner = input_owner()
         self.on_output = on_output  # a running step's output as it comes
         self._in_use: Counter[str] = Counter()  # digests linked into running steps' task dirs
 
@@ -62,8 +69,9 @@ class Cook:
             await asyncio.to_thread(task.make, self.store, inputs, step.outputs, executables)
             await asyncio.to_thread(lambda: [self.store.touch(d) for _, d in inputs])  # the LRU clock
             linked = [(p, d) for p, d in inputs if p not in executables and p not in step.outputs]
-            store_stat = {d: os.stat(self.store.path_for(d)) for _, d in linked}
-            status, log, timed_out = await self._execute(step, task.path, [p for p, _ in linked])
+            store_stat = await asyncio.to_thread(self._protect, [d for _, d in linked])
+            binds = [] if self.protect_by_owner else [p for p, _ in linked]
+            status, log, timed_out = await self._execute(step, task.path, binds)
             if timed_out:
                 return Outcome(ErrorCode.TIMEOUT, status, log=log,
                                message=f"step {step.step_id} ran longer than {step.timeout_s:g}s")
@@ -92,8 +100,22 @@ class Cook:
             self._in_use.subtract(d for _, d in inputs)
             self._in_use = +self._in_use  # drop the zeros
 
-    async def _execute(self, step: StepRequest, cwd: Path, inputs: list[str]) -> tuple[int, str, bool]:
-        argv = sandbox_argv(self.bwrap, cwd, inputs, step.command) if self.bwrap else plain_argv(step.command)
+    def _protect(self, digests: list[str]) -> dict[str, os.stat_result]:
+        """The stored files' stats, after giving to `nobody` those that are not yet (protection by
+        owner; a chown per inode, once: entries stay given away). Sync: run it in a thread."""
+        stats = {}
+        uid, gid = self._input_owner
+        for digest in digests:
+            path = self.store.path_for(digest)
+            info = os.stat(path)
+            if self.protect_by_owner and (info.st_uid, info.st_gid) != (uid, gid):
+                os.chown(path, uid, gid)
+                info = os.stat(path)
+            stats[digest] = info
+        return stats
+
+    async def _execute(self, step: StepRequest, cwd: Path, binds: list[str]) -> tuple[int, str, bool]:
+        argv = sandbox_argv(self.bwrap, cwd, binds, step.command) if self.bwrap else plain_argv(step.command)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp" if self.bwrap else str(cwd),
                **BASE_ENV, **step.env}
         proc = await asyncio.create_subprocess_exec(

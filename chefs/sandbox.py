@@ -1,44 +1,116 @@
 """Run a step's command isolated: bubblewrap where it exists, the plain task dir otherwise.
 
-In the sandbox the step sees its task dir at /work (declared inputs bound read-only, the rest
-writable for outputs), the system's tool directories read-only, no network, no other project
-file, and no capabilities (so even root cannot write through a 0444 input).
+In the sandbox the step sees its task dir at /work (declared inputs read-only, the rest writable
+for outputs), the system's tool directories read-only, no network, no other project file, and no
+capabilities.
+
+Inputs are kept read-only one of two ways:
+- *By owner* (a chef running as root, the usual container case): the inputs' store inodes belong
+  to `nobody` and are mode 0444. A step has no capabilities, and inside bwrap's user namespace
+  `nobody` is not even mapped, so it can neither write them nor chmod them. This costs nothing per
+  input.
+- *By mount* (a chef that cannot give files away): each input is a read-only bind mount. Each bind
+  costs ~0.1 ms, so a 100-input step pays ~10 ms before its command starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import pwd
 import shutil
 import sys
+import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 SANDBOX_ROOT = "/work"
 _SYSTEM_DIRS = ("/usr", "/etc", "/opt", "/var/lib/texmf", "/var/cache/fontconfig")
+NOBODY = 65534  # the kernel's overflow id: what an unmapped owner looks like inside a user namespace
 
 
 def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
 
+def input_owner() -> tuple[int, int]:
+    """(uid, gid) that protected inputs belong to: the system's `nobody`, else 65534."""
+    try:
+        entry = pwd.getpwnam("nobody")
+        return entry.pw_uid, entry.pw_gid
+    except KeyError:
+        return NOBODY, NOBODY
+
+
+def can_protect_by_owner(scratch_dir: Path) -> bool:
+    """Whether this process may give a file to `nobody` (root with CAP_CHOWN): tried, not guessed."""
+    if os.geteuid() != 0:
+        return False
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=scratch_dir) as probe:
+        try:
+            os.chown(probe.name, *input_owner())
+        except PermissionError:
+            return False
+    return True
+
+
+def _home_dirs() -> frozenset[str]:
+    """People's home directories (root's, this process's, login users'), not system accounts'."""
+    homes = {os.path.expanduser("~"), "/root"}
+    with contextlib.suppress(OSError):
+        homes.update(e.pw_dir for e in pwd.getpwall() if 1000 <= e.pw_uid < NOBODY)
+    return frozenset(os.path.realpath(h) for h in homes if h and h != "/")
+
+
+def _tool_root(directory: str, homes: frozenset[str]) -> str | None:
+    """The dot-directory right under a home that holds `directory` (`~/.pyenv`, `~/.cargo`), if any.
+
+    Only such tool installations are merged into one bind: never a home itself, and never a
+    directory a project could live in (`~/thesis/.venv` is not right under a home)."""
+    parent = os.path.dirname(directory)
+    while parent != directory:
+        if os.path.basename(directory).startswith(".") and parent in homes:
+            return directory
+        directory, parent = parent, os.path.dirname(parent)
+    return None
+
+
 @functools.cache
 def _tool_dirs() -> tuple[str, ...]:
-    """Read-only directories a step's tools may live in: the system's, PATH's, this Python's."""
+    """Read-only directories a step's tools may live in: the system's, PATH's, this Python's.
+
+    PATH directories under one tool installation in a home (pyenv puts a dozen on PATH) become one
+    bind of that installation: every bind costs ~0.1 ms of every step."""
     dirs: dict[str, None] = {d: None for d in _SYSTEM_DIRS if os.path.isdir(d)}
+
+    def covered(path: str) -> bool:
+        return any(path == s or path.startswith(s + "/") for s in dirs)
+
     extra = [*os.environ.get("PATH", "").split(os.pathsep), sys.base_prefix, sys.prefix]
-    for d in extra:
-        if not d or not os.path.isdir(d):
-            continue
-        real = os.path.realpath(d)
-        if not any(real == s or real.startswith(s + "/") for s in dirs):
-            dirs[real] = None
-            if real != d and not any(d == s or d.startswith(s + "/") for s in dirs):
-                dirs[d] = None
+    wanted = list(dict.fromkeys(d for d in extra if d and os.path.isdir(d)))
+    homes = _home_dirs()
+    reals = [os.path.realpath(d) for d in wanted]
+    roots = {real: _tool_root(real, homes) for real in reals}
+    counts = Counter(roots.values())
+    for d, real in zip(wanted, reals, strict=True):
+        root = roots[real]
+        if root is not None and counts[root] > 1:
+            real = root
+        if covered(real) or real == "/" or real in homes:
+            continue  # already bound, or too wide: a PATH entry never exposes a whole home
+        dirs = {k: None for k in dirs if not k.startswith(real + "/")}  # a wider bind replaces narrower ones
+        dirs[real] = None
+        if real != d and not covered(d):
+            dirs[d] = None  # PATH names it through a symlink: the step sees the same name
     return tuple(dirs)
 
 
-def sandbox_argv(bwrap: str, task_dir: Path, inputs: Iterable[str], command: str) -> list[str]:
+def sandbox_argv(bwrap: str, task_dir: Path, read_only_binds: Iterable[str], command: str) -> list[str]:
+    """bwrap's argv; `read_only_binds` are task-dir paths to protect by mount (empty when the
+    inputs are protected by owner)."""
     argv = [
         bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
@@ -51,7 +123,7 @@ def sandbox_argv(bwrap: str, task_dir: Path, inputs: Iterable[str], command: str
         elif os.path.isdir(link):
             argv += ["--ro-bind", link, link]
     argv += ["--bind", str(task_dir), SANDBOX_ROOT]
-    for rel in inputs:
+    for rel in read_only_binds:
         argv += ["--ro-bind", str(task_dir / rel), f"{SANDBOX_ROOT}/{rel}"]
     argv += ["--chdir", SANDBOX_ROOT, "/bin/sh", "-c", command]
     return argv

@@ -3,12 +3,19 @@ and no network. Real bwrap (installed by deploy/setup-debian.sh)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
 from conftest import majordomo, require, write_project
+
+from artefacts.store import Store
+from chefs.cooking import Cook
+from chefs.sandbox import _tool_root, can_protect_by_owner, input_owner
+from protocol.errors import ErrorCode
+from protocol.messages import InputRef, StepRequest
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +53,7 @@ def test_undeclared_project_file_cannot_be_read(tmp_path: Path) -> None:
 
 def test_input_cannot_be_modified(tmp_path: Path) -> None:
     project, run = _one_step(tmp_path, "(chmod u+w in.txt || true) && echo tampered >> in.txt && cp in.txt $@")
-    assert run.code == 1  # even after a chmod attempt the write fails: the input is a read-only bind
+    assert run.code == 1  # even after a chmod attempt the write fails: the input is `nobody`'s, 0444
     assert "Read-only file system" in run.stderr or "Permission denied" in run.stderr
     # Whatever the probe tried, every other step (and the store) still sees the original bytes.
     assert (project / "out/reader.txt").read_text() == "original\n"
@@ -69,3 +76,37 @@ def test_no_network(tmp_path: Path) -> None:
 def test_home_and_other_chefs_are_invisible(tmp_path: Path) -> None:
     project, run = _one_step(tmp_path, f"ls {Path.home()} > $@ 2>&1 && ls {tmp_path} >> $@")
     assert run.code == 1 and not (project / "out/probe.txt").exists()
+
+
+def _cook_tamper_step(tmp_path: Path, protect_by_owner: bool) -> tuple[object, Path, Store]:
+    store = Store(tmp_path / "store")
+    source = tmp_path / "in.txt"
+    source.write_text("original\n")
+    [(digest, size)] = asyncio.run(store.ingest([source]))
+    cook = Cook(store, tmp_path / "tasks", {}, protect_by_owner=protect_by_owner)
+    step = StepRequest(step_id="probe", action_key="k", kind="shell", pods=[],
+                       command="(chmod u+w in.txt || true) && echo tampered >> in.txt; cp in.txt out.txt",
+                       inputs=[InputRef(path="in.txt", digest=digest, size=size)], outputs=["out.txt"])
+    return asyncio.run(cook.run(step)), store.path_for(digest), store
+
+
+@pytest.mark.parametrize("protect_by_owner", [True, False], ids=["by-owner", "by-mount"])
+def test_both_input_protections_hold(tmp_path: Path, protect_by_owner: bool) -> None:
+    """Root chefs give inputs to `nobody` (no mount per input); others bind each input read-only.
+    Either way the step's write fails and the stored bytes stay."""
+    if protect_by_owner:
+        require(can_protect_by_owner(tmp_path / "probe"), "giving files to nobody needs root")
+    outcome, stored, _store = _cook_tamper_step(tmp_path, protect_by_owner)
+    assert outcome.code == ErrorCode.OK  # the command goes on after the failed write: `;`
+    assert "Permission denied" in outcome.log or "Read-only file system" in outcome.log
+    assert stored.read_text() == "original\n"
+    assert (stored.stat().st_uid == input_owner()[0]) == protect_by_owner
+
+
+def test_tool_roots_merge_only_tool_installs_in_a_home() -> None:
+    homes = frozenset({"/home/alice", "/root"})
+    assert _tool_root("/root/.pyenv/versions/3.11.7/bin", homes) == "/root/.pyenv"
+    assert _tool_root("/home/alice/.local/bin", homes) == "/home/alice/.local"
+    assert _tool_root("/home/alice/thesis/.venv/bin", homes) is None  # could hold a project
+    assert _tool_root("/home/alice/bin", homes) is None
+    assert _tool_root("/usr/bin", homes) is None
