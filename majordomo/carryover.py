@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from majordomo.graph import BuildGraph
+from majordomo.noop import stamp_index
 from majordomo.recipes import Project, Step
 from protocol.messages import OutputRef
 
@@ -53,6 +54,17 @@ class Carryover:
     stamp_id: tuple[int, int, int] | None = None  # that stamp file's inode, mtime_ns and size
     _readers: dict[str, list[Step]] | None = None
     _dependants: dict[str, list[Step]] | None = None
+    _stamp_index: dict[str, int] | None = None  # the stamp's path -> position
+
+    def stamp_index(self) -> dict[str, int] | None:
+        """Each file of the stamp -> its position in it (noop.refresh_stamp patches by position)."""
+        if self._stamp_index is None and self.stamp is not None:
+            self._stamp_index = stamp_index(self.stamp)
+        return self._stamp_index
+
+    def set_stamp_index(self, index: dict[str, int] | None) -> None:
+        """A refreshed stamp keeps its files in place: the previous index still holds."""
+        self._stamp_index = index
 
     @property
     def steps(self) -> int:
@@ -84,7 +96,9 @@ class Carryover:
             self._readers, self._dependants = previous._readers, previous._dependants
 
     def index(self) -> None:
-        """Build the reverse index (who reads a path, who depends on a step): once per graph."""
+        """Build the reverse index (who reads a path, who depends on a step): once per graph; and
+        the stamp's, once per stamp."""
+        self.stamp_index()
         if self._readers is not None and self._dependants is not None:
             return
         readers: dict[str, list[Step]] = {}

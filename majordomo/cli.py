@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 
     from majordomo.carryover import Carryover
     from majordomo.federation import Federation
+    from majordomo.noop import ListedDirs
     from majordomo.server_memory import ServerMemory
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -164,9 +166,11 @@ def _parse_vars(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _load(args: argparse.Namespace, memo: dict | None = None):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace, memo: dict | None = None,  # type: ignore[no-untyped-def]
+          listed: ListedDirs | None = None):
     """The project, loaded and checked. With `memo` (the resident build server's, kept between
-    builds) an unchanged recipe file over an unchanged file list is not parsed and expanded again."""
+    builds) an unchanged recipe file over an unchanged file list is not parsed and expanded again.
+    `listed` receives the directories' stats as of the listing of the files (for the no-op stamp)."""
     from majordomo.recipes import RecipeError, load_project
 
     root = args.directory.resolve()
@@ -174,7 +178,7 @@ def _load(args: argparse.Namespace, memo: dict | None = None):  # type: ignore[n
         raise UserError(f"no {args.file} in {root}")
     try:
         overrides = _parse_vars(args.var)
-        files = _source_lister(root)()
+        files = _source_lister(root, listed)()
         if memo is not None:
             text = (root / args.file).read_bytes()
             found = memo.get((root, args.file, tuple(args.var)))
@@ -192,18 +196,25 @@ def _load(args: argparse.Namespace, memo: dict | None = None):  # type: ignore[n
     return project
 
 
-def _source_lister(root: Path):  # type: ignore[no-untyped-def]
+def _source_lister(root: Path, listed: ListedDirs | None = None):  # type: ignore[no-untyped-def]
     """The project's files as globs should see them: without the outputs this tool wrote.
 
     An output whose recipe is gone is still on disk until the build removes it; a glob such as
     `build/*.o` must not pick it up as a source. Outputs that recipes still make are added back
-    by the loader as outputs."""
+    by the loader as outputs. `listed` (time, dir -> stat) is refilled at each listing."""
     from majordomo.recipes import list_project_files
     from majordomo.state import produced_paths
 
     def list_files() -> list[str]:
         produced = produced_paths(root)
-        files = list_project_files(root)
+        dir_stats: dict[str, os.stat_result] | None = None if listed is None else {}
+        listed_at = time.time_ns()
+        files = list_project_files(root, dir_stats)
+        if listed is not None and dir_stats is not None:
+            from majordomo.noop import stat_tuple
+
+            listed.stats = {d: stat_tuple(st) for d, st in dir_stats.items()}
+            listed.at_ns = listed_at
         return [f for f in files if f not in produced] if produced else files
 
     return list_files
@@ -280,10 +291,12 @@ def _full_build(args: argparse.Namespace, nats_url: str | None, stamp_key: str |
     import asyncio
 
     from artefacts.childwatch import use_pidfd_child_watcher
+    from majordomo.noop import ListedDirs
 
-    project = _load(args)
+    listed = ListedDirs()
+    project = _load(args, listed=listed)
     use_pidfd_child_watcher()
-    return asyncio.run(full_build(args, project, nats_url, stamp_key, sys.stdout, sys.stderr))
+    return asyncio.run(full_build(args, project, nats_url, stamp_key, sys.stdout, sys.stderr, listed=listed))
 
 
 async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, shared: Federation,
@@ -320,14 +333,15 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
                 changed = list(delta[1])
             else:
                 changed = await asyncio.to_thread(noop.changed_files, str(root), carry.stamp, key)
+        listed = noop.ListedDirs()
         if changed is None:
             carry = None
-            project = await asyncio.to_thread(_load, args, memory.projects)
+            project = await asyncio.to_thread(_load, args, memory.projects, listed)
         else:
             project = carry.project
         await asyncio.to_thread(noop.remove_stamp, str(root))
         return await full_build(args, project, None, key, out, err, shared, later,
-                                memory=memory, state=state, carry=carry, changed=changed)
+                                memory=memory, state=state, carry=carry, changed=changed, listed=listed)
     except UserError as exc:
         print(f"majordomo: {exc}", file=err)
         return EXIT_USAGE
@@ -337,9 +351,11 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
                      stamp_key: str | None, out: TextIO, err: TextIO, shared: Federation | None = None,
                      later: list[Callable[[], Awaitable[None]]] | None = None, *,
                      memory: ServerMemory | None = None, state=None, carry: Carryover | None = None,
-                     changed: list[str] | None = None) -> int:
+                     changed: list[str] | None = None, listed: ListedDirs | None = None) -> int:
     """One build, in-process or in the resident build server (which passes its `memory`, the
-    project's open `state`, and a still-valid `carry` with the files `changed` since)."""
+    project's open `state`, and a still-valid `carry` with the files `changed` since). `listed`:
+    the directories' stats when the project's files were listed (a carried-over build has its
+    stamp's instead)."""
     import asyncio
     import json
 
@@ -355,6 +371,7 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
             raise UserError(str(exc)) from None
     human = err if args.json else out
     reporter = make_reporter(human, quiet=args.quiet, verbose=args.verbose, live=not args.json)
+    started = time.time_ns()
     try:
         report, build = await _run_build(project, state, args, nats_url, reporter, shared, carry, changed)
     finally:
@@ -370,12 +387,24 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
                 kept.inherit_index(carry)
 
         async def stamp() -> None:
-            files, tools = build.stamp_inputs()
-            data = await asyncio.to_thread(noop.write_stamp, str(project.root), stamp_key, args.file,
-                                           files, tools, report.steps_run + report.steps_cached)
+            root, steps = str(project.root), report.steps_run + report.steps_cached
+            data = index = None
+            if carry is not None and carry.stamp is not None:
+                # Only what this build visited can have moved since the last stamp: O(visited).
+                index = carry.stamp_index()
+                files, _ = build.stamp_inputs(build.visited)
+                data = await asyncio.to_thread(noop.refresh_stamp, root, carry.stamp, files, build.written_dirs,
+                                               steps, index)
+            if data is None:
+                index = None
+                files, tools = build.stamp_inputs()
+                dirs = listed if carry is None or carry.stamp is None else noop.listed_from(carry.stamp, started)
+                data = await asyncio.to_thread(noop.write_stamp, root, stamp_key, args.file, files, tools, steps,
+                                               written=build.written_dirs, listed=dirs)
             if kept is not None and data is not None:
                 kept.stamp = data  # what the next request compares the disk with
-                kept.stamp_id = noop.stamp_id(str(project.root))
+                kept.stamp_id = noop.stamp_id(root)
+                kept.set_stamp_index(index)
                 kept.index()  # now, while no client waits
                 await state.run(state.warm)
 

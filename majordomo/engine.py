@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import posixpath
 import shutil
 import time
 import uuid
@@ -27,6 +28,7 @@ from artefacts.toolprobe import ToolProbe
 from majordomo.actionkey import action_key
 from majordomo.carryover import ArtefactFacts, Carryover
 from majordomo.graph import BuildGraph, GraphError
+from majordomo.noop import stat_tuple
 from majordomo.recipes import Project, Step
 from majordomo.scan import ScanResult, scan, stat_entry
 from majordomo.state import KeyDetail, State
@@ -151,6 +153,10 @@ class Build:
         self._carry = carry
         self._changed = changed or []
         self._unchanged = 0  # steps a carried-over build knows are up to date without visiting them
+        self.visited: list[Step] = []  # the steps this build looked at (a carried-over build: a few)
+        # Workspace directories this build wrote in -> their stat right after its last write there:
+        # what the no-op stamp may vouch for (a later change by the user must still show).
+        self.written_dirs: dict[str, tuple[int, int, int, int, int]] = {}
         self.units: list[list[Step]] = []  # every unit of the selection, visited or not
         facts = carry.facts if carry is not None else ArtefactFacts()
         self.digests = facts.digests  # artefact path -> digest, as known in this build
@@ -190,7 +196,8 @@ class Build:
     async def run(self) -> BuildReport:
         started = time.monotonic()
         units = await self.prepare()
-        self.report.steps_visited = sum(len(unit) for unit in units)
+        self.visited = [s for unit in units for s in unit]
+        self.report.steps_visited = len(self.visited)
         self.total = self.report.steps_visited + self._unchanged
         self._done = self.report.steps_cached = self._unchanged
         if self._carry is None:  # a carried-over graph is the one the last build cleaned up after
@@ -277,15 +284,17 @@ class Build:
         return ArtefactFacts(self.digests, self.sizes, self.executable, self.cutoff, self.vouched, self._latest,
                              self._served, self._serving)
 
-    def stamp_inputs(self) -> tuple[list[tuple[str, str, tuple[int, int, int, int] | None]], list[str]]:
-        """What the no-op stamp must watch after a successful build, with digests and the stats they
-        were taken at: every file the steps read that no step makes, every output left in the
-        workspace; and the tools in keys."""
-        paths = self.graph.sources_of(self._order)
-        paths += [o for s in self._order for o in s.outputs if self.graph.is_final(o)]
+    def stamp_inputs(self, steps: list[Step] | None = None) -> tuple[
+            list[tuple[str, str, tuple[int, int, int, int] | None]], list[str]]:
+        """What the no-op stamp must watch after a successful build of `steps` (default: all), with
+        digests and the stats they were taken at: every file the steps read that no step makes,
+        every output left in the workspace; and the tools in keys."""
+        order = self._order if steps is None else steps
+        paths = self.graph.sources_of(order)
+        paths += [o for s in order for o in s.outputs if self.graph.is_final(o)]
         files = [(p, d if (d := self.digests.get(p, "")).startswith("sha256:") else "", self.vouched.get(p))
                  for p in paths]
-        tools = sorted({t for s in self._order for t in self._tools_of(s)})
+        tools = sorted({t for s in order for t in self._tools_of(s)})
         return files, tools
 
     async def _scan_sources(self, graph: BuildGraph, order: list[Step]) -> None:
@@ -346,6 +355,7 @@ class Build:
             if current.digests.get(path) == produced[path][0]:
                 await asyncio.to_thread(os.unlink, self.root / path)
                 self.report.removed.append(path)
+                self._wrote_in(path, ())
             await self.state.run(lambda p=path: self.state.forget_produced(p))
         await self.state.run(lambda: self.state.forget_stat_entries(stale))
 
@@ -807,6 +817,7 @@ class Build:
         assert fed.puller
         for out in wanted:
             dest = self.root / out.path
+            created = await asyncio.to_thread(_missing_dirs, self.root, out.path)
             why = await self._fetch(fed, out, producer, dest)
             if why:
                 # Before running the step again, look once more: the registry and the federation's
@@ -821,11 +832,19 @@ class Build:
                 os.chmod(dest, 0o755)
             st = os.stat(dest)
             self.vouched[out.path] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+            self._wrote_in(out.path, created)
             await self.state.run(lambda o=out, s=st: self.state.record_produced(
                 o.path, o.digest, step.id, stat_entry(s, o.digest)))
             await self._add_owner(out.digest, self.pod_id, out.size, out.path)
             self._serve(out.digest, dest)
         return True
+
+    def _wrote_in(self, path: str, created: tuple[str, ...]) -> None:
+        """Note the stats of the directories writing (or removing) `path` changed: its own, and the
+        parent of each directory the write `created`."""
+        for rel in {posixpath.dirname(path), *(posixpath.dirname(d) for d in created)}:
+            with contextlib.suppress(OSError):
+                self.written_dirs[rel] = stat_tuple(os.stat(self.root / rel if rel else self.root))
 
     async def _fetch(self, fed: Federation, out: OutputRef, producer: str | None, dest: Path) -> str:
         """Fetch one output from its owners into the workspace; why it failed, or "" on success."""
@@ -1183,3 +1202,13 @@ def _fetch_counters(puller: Puller) -> tuple[int, int, int, int]:
     """A puller's (files, bytes) over SFTP and (files, bytes) copied on this host, to take differences of."""
     return (puller.files_pulled, puller.bytes_pulled, puller.files_linked + puller.files_copied,
             puller.bytes_linked + puller.bytes_copied)
+
+
+def _missing_dirs(root: Path, path: str) -> tuple[str, ...]:
+    """The directories above `path` that do not exist yet (a fetch will create them)."""
+    missing = []
+    rel = posixpath.dirname(path)
+    while rel and not (root / rel).is_dir():
+        missing.append(rel)
+        rel = posixpath.dirname(rel)
+    return tuple(missing)

@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from array import array
+from collections.abc import Mapping
 
 STAMP_FORMAT = 4
 _FIELDS = 5  # per file in the packed stat array
@@ -67,27 +68,46 @@ def _project_dirs(root: str) -> list[str]:
     return found
 
 
-def write_stamp(root: str, args_key: str, recipe_file: str,
-                files: list[tuple[str, str, tuple[int, int, int, int] | None]], tools: list[str],
-                steps: int) -> tuple[object, ...] | None:
+class ListedDirs:
+    """The project's directories' stats as of when its files were listed for a build (globs
+    expanded), and when that was."""
+
+    __slots__ = ("at_ns", "stats")
+
+    def __init__(self) -> None:
+        self.at_ns = 0
+        self.stats: dict[str, _Stat | None] = {}
+
+
+StampFile = tuple[str, str, tuple[int, int, int, int] | None]  # path, digest, stat when its digest was taken
+
+
+def stat_tuple(st: os.stat_result) -> _Stat:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_mode & 0o111)
+
+
+def write_stamp(root: str, args_key: str, recipe_file: str, files: list[StampFile], tools: list[str],
+                steps: int, *, written: Mapping[str, _Stat] | None = None, listed: ListedDirs | None = None,
+                ) -> tuple[object, ...] | None:
     """Record the stats that vouch for a successful build (or remove the stamp if they cannot);
     returns what was recorded.
 
     A file's third item is its stat when the build took its digest: a file saved since (during the
-    build) is recorded with that older stat, so the next check sees the difference and hashes it."""
+    build) is recorded with that older stat, so the next check sees the difference and hashes it.
+    Directories likewise: `listed` holds their stats from when the build listed the project's
+    files (expanded its globs), and `written` those of the directories the build itself wrote in,
+    right after its last write there; so a file added or removed during the build or after its
+    answer moves its directory past the stamp's stat. Without `listed`, every directory is
+    stat'ed now (the in-process build without a listing, e.g. tests)."""
     for _attempt in range(2):
         now = time.time_ns()
         entries = [(p, _as_taken(_stat(os.path.join(root, p)), taken), digest) for p, digest, taken in files]
-        dirs = [(d, _stat(os.path.join(root, d) if d else root)) for d in _project_dirs(root)]
+        dirs = _dir_stats(root, listed, written or {})
         recipe = _stat(os.path.join(root, recipe_file))
         stats = [s for s in (*(e[1] for e in entries), *(d[1] for d in dirs), recipe) if s is not None]
-        newest = max((s[1] for s in stats), default=0)
-        if newest < now - TICK_MARGIN_NS:
+        newest = _wait_for_tick(stats, now)
+        if newest is not None:
             break
-        if newest > now:
-            break  # a file dated in the future: no wait makes its stat trustworthy (see below)
-        # Just written (a fetched output): let a tick pass, then look again (at most ~21 ms).
-        time.sleep(min(newest + TICK_MARGIN_NS - now, TICK_MARGIN_NS) / 1e9 + 0.001)
     else:
         remove_stamp(root)
         return None
@@ -110,10 +130,103 @@ def write_stamp(root: str, args_key: str, recipe_file: str,
     return data
 
 
+def refresh_stamp(root: str, data: tuple[object, ...], files: list[StampFile], written: Mapping[str, _Stat],
+                  steps: int, index: dict[str, int] | None = None) -> tuple[object, ...] | None:
+    """The stamp `data` (which held when the build started) with `files` (what the build visited
+    read and wrote) stat'ed again and the directories it `written` in; written, and returned.
+    O(files), not O(project): a carried-over build (majordomo/carryover.py) visits a few steps of
+    thousands. None when `files` names a file the stamp does not know (a newly discovered input)
+    or the build wrote in a new directory: the caller writes a whole stamp instead. `index` (path
+    -> position in the stamp) saves splitting the stamp's paths again."""
+    paths_s, stats_blob, digests_s, dirs_s, dirs_blob = data[4], data[5], data[6], data[7], data[8]
+    assert isinstance(paths_s, str) and isinstance(stats_blob, bytes) and isinstance(digests_s, str)
+    assert isinstance(dirs_s, str) and isinstance(dirs_blob, bytes)
+    if index is None:
+        index = stamp_index(data)
+    if any(p not in index for p, _, _ in files):
+        return None
+    dirs, dir_stats = _unpack(dirs_s, dirs_blob)
+    dir_index = {d: i for i, d in enumerate(dirs)}
+    if any(d not in dir_index for d in written):
+        return None
+    fresh_dirs = [(dir_index[d], st) for d, st in written.items()]
+    for _attempt in range(2):
+        now = time.time_ns()
+        fresh = [(index[p], _as_taken(_stat(os.path.join(root, p)), taken), digest) for p, digest, taken in files]
+        newest = _wait_for_tick([s for _, s, _ in fresh] + [s for _, s in fresh_dirs], now)
+        if newest is not None:
+            break
+    else:
+        return None
+    if newest >= time.time_ns() - TICK_MARGIN_NS:
+        return None
+    stats = array("q")
+    stats.frombytes(stats_blob)
+    digests = digests_s.split("\0")
+    for i, st, digest in fresh:
+        stats[i * _FIELDS:(i + 1) * _FIELDS] = array("q", st if st is not None else (-1,) * _FIELDS)
+        digests[i] = digest
+    for i, st in fresh_dirs:
+        dir_stats[i * _FIELDS:(i + 1) * _FIELDS] = array("q", st if st is not None else (-1,) * _FIELDS)
+    refreshed = (*data[:5], stats.tobytes(), "\0".join(digests), dirs_s, dir_stats.tobytes(), data[9], steps)
+    _dump(root, refreshed)
+    return refreshed
+
+
+def listed_from(data: tuple[object, ...], at_ns: int) -> ListedDirs:
+    """A stamp's directory stats as a listing taken at `at_ns` (they held then: the check said so)."""
+    dirs_s, dirs_blob = data[7], data[8]
+    assert isinstance(dirs_s, str) and isinstance(dirs_blob, bytes)
+    dirs, stats = _unpack(dirs_s, dirs_blob)
+    listed = ListedDirs()
+    listed.at_ns = at_ns
+    listed.stats = {d: _stat_at(stats, i) for i, d in enumerate(dirs)}
+    return listed
+
+
+def stamp_index(data: tuple[object, ...]) -> dict[str, int]:
+    """Each path of a stamp's data -> its position."""
+    paths_s = data[4]
+    assert isinstance(paths_s, str)
+    return {p: i for i, p in enumerate(paths_s.split("\0"))} if paths_s else {}
+
+
+def _wait_for_tick(stats: list[_Stat | None], now: int) -> int | None:
+    """The newest mtime among `stats` once it is a clock tick old (sleeping for that, at most ~21 ms:
+    a fetched output was just written), or None when the caller must stat again after the sleep."""
+    newest = max((s[1] for s in stats if s is not None), default=0)
+    if newest < now - TICK_MARGIN_NS or newest > now:
+        return newest  # old enough, or dated in the future: no wait makes its stat trustworthy
+    time.sleep(min(newest + TICK_MARGIN_NS - now, TICK_MARGIN_NS) / 1e9 + 0.001)
+    return None
+
+
+def _dir_stats(root: str, listed: ListedDirs | None, written: Mapping[str, _Stat]) -> list[tuple[str, _Stat | None]]:
+    """Every project directory with the stat the stamp vouches for (see `write_stamp`)."""
+    now_dirs = _project_dirs(root)
+    if listed is None:
+        return [(d, _stat(os.path.join(root, d) if d else root)) for d in now_dirs]
+    listed_at, before = listed.at_ns, listed.stats
+    found: list[tuple[str, _Stat | None]] = []
+    for d in now_dirs:
+        st: _Stat | None
+        if d in written:
+            st = written[d]
+        elif d in before:
+            st = before[d]
+            if st is not None and st[1] >= listed_at - TICK_MARGIN_NS:
+                st = None  # changed within a tick of the listing: a later change could keep its mtime
+        else:
+            st = None  # appeared during the build, not made by it: the next check must look
+        found.append((d, st))
+    return found
+
+
 def _as_taken(now: _Stat | None, taken: tuple[int, int, int, int] | None) -> _Stat | None:
-    if now is None or taken is None or now[:4] == taken:
+    if taken is None or (now is not None and now[:4] == taken):
         return now
-    return (*taken, now[_XBITS])  # changed since the build read it: the stamp must not vouch for now
+    # Changed (or gone) since the build read or wrote it: the stamp must not vouch for now.
+    return (*taken, now[_XBITS] if now is not None else 0)
 
 
 def _pack(items: list[tuple[str, _Stat | None]]) -> tuple[str, bytes]:

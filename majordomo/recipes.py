@@ -114,16 +114,20 @@ class Project:
         return (producer,)
 
 
-def list_project_files(root: Path) -> list[str]:
+def list_project_files(root: Path, dir_stats: dict[str, os.stat_result] | None = None) -> list[str]:
     """Every file under `root` as a sorted relative posix path, skipping dot-directories.
 
     Dot-directories hold state (.majordomo/, .git/), not sources. Symlinks to files count as
     files; symlinked directories are not followed, so a link loop cannot hang the walk.
+    `dir_stats`, if given, receives each directory's stat ("" for the root), taken just before it
+    is listed: a file added after the listing changes its directory's stat after that one.
     """
     found: list[str] = []
     pending = [("", os.fspath(root))]
     while pending:
         prefix, directory = pending.pop()
+        if dir_stats is not None:
+            dir_stats[prefix[:-1]] = os.stat(directory)
         with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):

@@ -145,3 +145,92 @@ def test_a_file_added_to_a_project_without_subdirectories_is_seen(tmp_path: Path
     run = majordomo(project, "build", "--json")
     assert run.code == 0 and FAST not in run.stderr and run.summary["steps_run"] == 1, run.stderr
     assert (project / "all.out").read_text() == "a\nb\n"
+
+
+def _aged_project(tmp_path: Path) -> tuple[Path, float]:
+    """A project whose files and directories all date from a minute ago (older than any clock tick)."""
+    import time
+
+    root = tmp_path / "p"
+    (root / ".majordomo").mkdir(parents=True)
+    (root / "src").mkdir()
+    (root / "build").mkdir()
+    (root / "majordomo.toml").write_text("# recipe\n")
+    (root / "src/a.txt").write_text("a\n")
+    (root / "build/out.txt").write_text("out\n")
+    old = time.time() - 60
+    for rel in ("majordomo.toml", "src/a.txt", "build/out.txt", "src", "build", "."):
+        os.utime(root / rel, (old, old))
+    return root, old
+
+
+def _entry(root: Path, rel: str, text: str) -> tuple[str, str, tuple[int, int, int, int]]:
+    import hashlib
+
+    st = os.stat(root / rel)
+    return rel, "sha256:" + hashlib.sha256(text.encode()).hexdigest(), (st.st_size, st.st_mtime_ns, st.st_ino,
+                                                                         st.st_ctime_ns)
+
+
+def test_a_file_added_while_the_build_ran_is_not_vouched_for(tmp_path: Path) -> None:
+    """The directories' stats are the listing's (when globs were expanded), not the stamp's time:
+    a file added in between was in no glob, so the next build must look again."""
+    from majordomo import noop
+    from majordomo.cli import _source_lister
+
+    root, _old = _aged_project(tmp_path)
+    listed = noop.ListedDirs()
+    assert _source_lister(root, listed)() == ["build/out.txt", "majordomo.toml", "src/a.txt"]
+    (root / "src/b.txt").write_text("added while the build ran\n")
+
+    files = [_entry(root, "src/a.txt", "a\n")]
+    assert noop.write_stamp(str(root), "key", "majordomo.toml", files, [], 1, listed=listed) is not None
+    assert noop.check_stamp(str(root), "key") is None  # src/ moved past the listing: look again
+
+    listed = noop.ListedDirs()
+    _source_lister(root, listed)()
+    os.utime(root / "src", (_old, _old))  # the control: a listing that saw b.txt, and an aged src/
+    listed.stats["src"] = noop.stat_tuple(os.stat(root / "src"))
+    noop.write_stamp(str(root), "key", "majordomo.toml", files, [], 1, listed=listed)
+    assert noop.check_stamp(str(root), "key") == 1
+
+
+def test_an_output_removed_after_the_answer_is_not_vouched_for(tmp_path: Path) -> None:
+    """The stamp is written after the client has its answer; what the user does meanwhile must
+    show. The build wrote build/out.txt and noted its stat and its directory's right then."""
+    from majordomo import noop
+
+    root, _old = _aged_project(tmp_path)
+    listed = noop.ListedDirs()
+    from majordomo.cli import _source_lister
+
+    _source_lister(root, listed)()
+    output = _entry(root, "build/out.txt", "out\n")
+    written = {"build": noop.stat_tuple(os.stat(root / "build"))}
+    (root / "build/out.txt").unlink()  # right after the answer, before the stamp job ran
+
+    noop.write_stamp(str(root), "key", "majordomo.toml", [_entry(root, "src/a.txt", "a\n"), output], [], 1,
+                     written=written, listed=listed)
+    assert noop.check_stamp(str(root), "key") is None
+
+
+def test_a_refreshed_stamp_vouches_for_what_the_build_saw_only(tmp_path: Path) -> None:
+    """A carried-over build rewrites only the entries it visited (noop.refresh_stamp)."""
+    from majordomo import noop
+
+    root, old = _aged_project(tmp_path)
+    files = [_entry(root, "src/a.txt", "a\n"), _entry(root, "build/out.txt", "out\n")]
+    data = noop.write_stamp(str(root), "key", "majordomo.toml", files, [], 2)
+    assert data is not None and noop.check_stamp(str(root), "key") == 2
+
+    (root / "src/a.txt").write_text("edited\n")  # the edit the carried-over build rebuilt from
+    os.utime(root / "src/a.txt", (old + 1, old + 1))
+    seen = [_entry(root, "src/a.txt", "edited\n")]
+    refreshed = noop.refresh_stamp(str(root), data, seen, {}, 2)
+    assert refreshed is not None and noop.check_stamp(str(root), "key") == 2  # stat-only again
+
+    (root / "src/a.txt").write_text("edited again, during the build\n")
+    refreshed = noop.refresh_stamp(str(root), data, seen, {}, 2)
+    assert refreshed is not None and noop.check_stamp(str(root), "key") is None
+
+    assert noop.refresh_stamp(str(root), data, [_entry(root, "majordomo.toml", "# recipe\n")], {}, 2) is None
