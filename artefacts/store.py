@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
@@ -56,6 +57,11 @@ class Store:
         self.tmp = self.root / "tmp"
         self._prefix = str(self.root) + os.sep
         self.tmp.mkdir(parents=True, exist_ok=True)
+        # Bytes of all entries, kept up to date by this process's own adds and deletes once a walk
+        # has counted them (None: not yet): a heartbeat or an eviction check costs O(1), not a
+        # walk of every entry. Commits run in several threads, hence the lock.
+        self._bytes: int | None = None
+        self._bytes_lock = threading.Lock()
 
     # --- lookups -------------------------------------------------------------------------------
 
@@ -70,8 +76,11 @@ class Store:
         except FileNotFoundError:
             return False
 
-    def size_bytes(self) -> int:
-        """Total bytes of all entries; walks the store (sync, O(entries))."""
+    def size_bytes(self, *, recount: bool = False) -> int:
+        """Total bytes of all entries. The first call (or `recount`, for entries another process
+        sharing this store added) walks the store (sync, O(entries)); later ones are O(1)."""
+        if self._bytes is not None and not recount:
+            return self._bytes
         total = 0
         for algo in ALGORITHMS:
             for directory, _dirs, files in os.walk(self.root / algo):
@@ -79,7 +88,14 @@ class Store:
                     info = os.lstat(os.path.join(directory, name))
                     if stat.S_ISREG(info.st_mode):
                         total += info.st_size
+        with self._bytes_lock:
+            self._bytes = total
         return total
+
+    def _count(self, delta: int) -> None:
+        with self._bytes_lock:
+            if self._bytes is not None:
+                self._bytes += delta
 
     # --- adding entries ------------------------------------------------------------------------
 
@@ -111,10 +127,12 @@ class Store:
                 try:
                     os.fsync(fd)
                     os.fchmod(fd, READ_ONLY)
+                    size = os.fstat(fd).st_size
                 finally:
                     os.close(fd)
                 dirty_dirs.update(_make_dirs(entry.parent))
                 os.rename(temp_path, entry)
+                self._count(size)
                 dirty_dirs.add(entry.parent)
             entries.append(entry)
         for directory in dirty_dirs:
@@ -194,9 +212,11 @@ class Store:
         target = self.root / "quarantine" / f"{digest.replace(':', '-')}.{os.getpid()}"
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
+            size = os.lstat(path).st_size
             os.rename(path, target)
         except FileNotFoundError:
             return None
+        self._count(-size)
         return target
 
     def touch(self, digest: str) -> None:
@@ -214,6 +234,8 @@ class Store:
         Without `in_use`, a link count above one means a task dir links the entry. A store that
         shares entries with a same-host peer's store (hardlinks, artefacts.samehost) passes the
         digests its task dirs use instead: the peer's link says nothing about our task dirs."""
+        if self._bytes is not None and self._bytes <= high_water_bytes:
+            return []  # by our own count: no walk
         entries: list[tuple[int, str, int]] = []
         total = 0
         algo_dir = self.root / self.algo
@@ -242,8 +264,11 @@ class Store:
 
         No chmod first: unlinking needs only the directory's permission, and the inode may be shared
         with a task dir or a same-host peer's store, whose entry must stay read-only."""
+        path = self.path_for(digest)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path_for(digest))
+            size = os.lstat(path).st_size
+            os.unlink(path)
+            self._count(-size)
 
     def recover(self) -> None:
         """Crash recovery, once at start: delete leftovers in tmp/ of writers that are gone.

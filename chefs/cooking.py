@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import Counter
@@ -189,12 +190,9 @@ class Cook:
 
     def _quarantine(self, digest: str) -> None:
         """A stored file whose bytes a step may have changed can no longer be trusted: drop it."""
-        path = self.store.path_for(digest)
-        try:
-            os.chmod(path, 0o644)
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(self.store.path_for(digest), 0o644)
+        self.store.delete(digest)
 
 
 def _kill_group(pid: int) -> None:

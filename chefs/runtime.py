@@ -58,6 +58,7 @@ log = logging.getLogger("chef")
 HEARTBEAT_S = 2.0
 REGISTRY_TTL_S = 10.0
 SERVICE_VERSION = "0.1.0"
+RECOUNT_BEATS = 150  # heartbeats between walks of the store to recount its bytes
 
 
 @dataclass
@@ -201,16 +202,17 @@ class Chef:
         )
         await self._kv.put(self.config.id, encode(info))
 
-    async def _measure_store(self) -> None:
-        """The store's size, for heartbeats and metrics: a walk, so in a thread and not every beat."""
-        self.metrics.store_bytes = await asyncio.to_thread(self.store.size_bytes)
+    async def _measure_store(self, recount: bool = False) -> None:
+        """The store's size, for heartbeats and metrics: the store's own count of what it added and
+        deleted; a walk (in a thread) the first time and when `recount`ing."""
+        self.metrics.store_bytes = await asyncio.to_thread(self.store.size_bytes, recount=recount)
 
     async def _beat(self) -> None:
         beats = 0
         while not self._deregistered.is_set():
-            if beats % 15 == 0:
-                with contextlib.suppress(OSError):
-                    await self._measure_store()
+            # Every ~5 min, walk the store again: another process sharing it adds entries unseen.
+            with contextlib.suppress(OSError):
+                await self._measure_store(recount=beats % RECOUNT_BEATS == 0)
             beats += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._deregistered.wait(), self.config.heartbeat_s)

@@ -247,3 +247,22 @@ def test_recover_removes_leftovers_of_dead_writers(store: Store) -> None:
         finally:
             assert alive.stdin is not None
             alive.stdin.close()
+
+
+def test_size_is_counted_not_walked_after_the_first_time(store: Store) -> None:
+    """A chef's heartbeat and eviction check read the size: O(1) from the store's own count of its
+    adds and deletes; only a recount walks (and sees what another process sharing the store added)."""
+    first = put(store, b"12345")
+    assert store.size_bytes() == 5  # the first call walks
+    second = put(store, b"678")
+    put(store, b"678")  # already there: no bytes added
+    assert store.size_bytes() == 8
+    store.delete(first)
+    store.delete(first)  # gone already: nothing subtracted twice
+    assert store.size_bytes() == 3
+    store.quarantine(second)
+    assert store.size_bytes() == 0
+    put(Store(store.root), b"abc")  # another process's store object, same root
+    assert store.size_bytes() == 0
+    assert store.size_bytes(recount=True) == 3
+    assert store.eviction_candidates(high_water_bytes=2, low_water_bytes=0, in_use=()) != []
