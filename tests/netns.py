@@ -366,4 +366,6 @@ async def _observer(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # This checkout's packages, whatever (or wherever) is installed: the observer runs as a script.
+    sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
     asyncio.run(_observer(sys.argv[1:]))
