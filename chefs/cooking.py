@@ -68,9 +68,8 @@ class Cook:
         try:
             executables = frozenset(i.path for i in step.inputs if i.executable)
             await asyncio.to_thread(task.make, self.store, inputs, step.outputs, executables)
-            await asyncio.to_thread(lambda: [self.store.touch(d) for _, d in inputs])  # the LRU clock
             linked = [(p, d) for p, d in inputs if p not in executables and p not in step.outputs]
-            store_stat = await asyncio.to_thread(self._protect, [d for _, d in linked])
+            store_stat = await asyncio.to_thread(self._ready_inputs, [d for _, d in inputs], [d for _, d in linked])
             binds = [] if self.protect_by_owner else [p for p, _ in linked]
             status, log, timed_out = await self._execute(step, task.path, binds)
             if timed_out:
@@ -101,18 +100,20 @@ class Cook:
             self._in_use.subtract(d for _, d in inputs)
             self._in_use = +self._in_use  # drop the zeros
 
-    def _protect(self, digests: list[str]) -> dict[str, os.stat_result]:
-        """The stored files' stats, after giving to `nobody` those that are not yet (protection by
-        owner; a chown per inode, once: entries stay given away). Sync: run it in a thread."""
+    def _ready_inputs(self, used: list[str], linked: list[str]) -> dict[str, os.stat_result]:
+        """Mark every `used` entry used (the LRU clock) and return the `linked` ones' stats, after
+        giving to `nobody` those not given yet (protection by owner: a chown per inode, once;
+        entries stay given away; it moves only the ctime, which no check compares). Sync: run it
+        in a thread."""
+        for digest in used:
+            self.store.touch(digest)
         stats = {}
         uid, gid = self._input_owner
-        for digest in digests:
+        for digest in linked:
             path = self.store.path_for(digest)
-            info = os.stat(path)
+            stats[digest] = info = os.stat(path)
             if self.protect_by_owner and (info.st_uid, info.st_gid) != (uid, gid):
                 os.chown(path, uid, gid)
-                info = os.stat(path)
-            stats[digest] = info
         return stats
 
     async def _execute(self, step: StepRequest, cwd: Path, binds: list[str]) -> tuple[int, str, bool]:

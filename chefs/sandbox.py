@@ -52,7 +52,7 @@ def can_protect_by_owner(scratch_dir: Path) -> bool:
     with tempfile.NamedTemporaryFile(dir=scratch_dir) as probe:
         try:
             os.chown(probe.name, *input_owner())
-        except PermissionError:
+        except OSError:  # EPERM without CAP_CHOWN; EINVAL where `nobody` is not mapped (a user namespace)
             return False
     return True
 

@@ -333,9 +333,10 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
                 changed = list(delta[1])
             else:
                 changed = await asyncio.to_thread(noop.changed_files, str(root), carry.stamp, key)
-        listed = noop.ListedDirs()
+        listed = None
         if changed is None:
             carry = None
+            listed = noop.ListedDirs()
             project = await asyncio.to_thread(_load, args, memory.projects, listed)
         else:
             project = carry.project
@@ -389,16 +390,17 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
         async def stamp() -> None:
             root, steps = str(project.root), report.steps_run + report.steps_cached
             data = index = None
-            if carry is not None and carry.stamp is not None:
+            base = carry.stamp if carry is not None else None  # the stamp this build started from
+            if base is not None:
                 # Only what this build visited can have moved since the last stamp: O(visited).
                 index = carry.stamp_index()
                 files, _ = build.stamp_inputs(build.visited)
-                data = await asyncio.to_thread(noop.refresh_stamp, root, carry.stamp, files, build.written_dirs,
+                data = await asyncio.to_thread(noop.refresh_stamp, root, base, files, build.written_dirs,
                                                steps, index)
             if data is None:
                 index = None
                 files, tools = build.stamp_inputs()
-                dirs = listed if carry is None or carry.stamp is None else noop.listed_from(carry.stamp, started)
+                dirs = listed if base is None else noop.listed_from(base, started)
                 data = await asyncio.to_thread(noop.write_stamp, root, stamp_key, args.file, files, tools, steps,
                                                written=build.written_dirs, listed=dirs)
             if kept is not None and data is not None:

@@ -133,7 +133,8 @@ def write_stamp(root: str, args_key: str, recipe_file: str, files: list[StampFil
 def refresh_stamp(root: str, data: tuple[object, ...], files: list[StampFile], written: Mapping[str, _Stat],
                   steps: int, index: dict[str, int] | None = None) -> tuple[object, ...] | None:
     """The stamp `data` (which held when the build started) with `files` (what the build visited
-    read and wrote) stat'ed again and the directories it `written` in; written, and returned.
+    read and wrote) stat'ed again, and the stats of the directories the build wrote in
+    (`written`); written, and returned.
     O(files), not O(project): a carried-over build (majordomo/carryover.py) visits a few steps of
     thousands. None when `files` names a file the stamp does not know (a newly discovered input)
     or the build wrote in a new directory: the caller writes a whole stamp instead. `index` (path
