@@ -68,11 +68,15 @@ class Store:
     def path_for(self, digest: str) -> Path:
         return self.root / store_relpath(digest)
 
+    def entry(self, digest: str) -> str:
+        """`path_for` as a string, for per-input loops (pathlib costs ~10 us a call)."""
+        return self._prefix + store_relpath(digest)
+
     def has(self, digest: str) -> bool:
         """True when the entry is a regular file (a symlink planted in the store does not count)."""
         try:
             # A string join: pathlib costs ~10 us a call, and a chef asks twice per input per step.
-            return stat.S_ISREG(os.lstat(self._prefix + store_relpath(digest)).st_mode)
+            return stat.S_ISREG(os.lstat(self.entry(digest)).st_mode)
         except FileNotFoundError:
             return False
 
@@ -219,12 +223,13 @@ class Store:
         self._count(-size)
         return target
 
-    def touch(self, digest: str) -> None:
+    def touch(self, digest: str, mtime_ns: int | None = None) -> None:
         """Mark an entry used: its atime is the LRU clock. (Not its mtime: concurrent steps link the
-        same inode and check its mtime to catch a step writing to an input.)"""
-        path = self.path_for(digest)
+        same inode and check its mtime to catch a step writing to an input.) `mtime_ns`: the
+        entry's, when the caller has just stat'ed it."""
+        path = self.entry(digest)
         with contextlib.suppress(FileNotFoundError):
-            os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
+            os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns if mtime_ns is None else mtime_ns))
 
     def eviction_candidates(self, high_water_bytes: int, low_water_bytes: int,
                             in_use: Collection[str] | None = None) -> list[tuple[str, int]]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from artefacts.normalise import NormaliserError, normalised_digest
 from artefacts.store import Store
@@ -23,6 +25,8 @@ from protocol.messages import OutputRef, StepRequest
 LOG_LIMIT = 64 * 1024  # keep the tail: that is where compilers and TeX say what went wrong
 LOG_FLUSH_S = 0.25
 BASE_ENV = {"LANG": "C.UTF-8", "TZ": "UTC"}
+TOUCH_EVERY_S = 60.0  # resolution of the store's LRU clock per entry
+TOUCHED_MAX = 200_000  # entries remembered as recently touched before old ones are forgotten
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Cook:
         self._input_owner = input_owner()
         self.on_output = on_output  # a running step's output as it comes
         self._in_use: Counter[str] = Counter()  # digests linked into running steps' task dirs
+        self._touched: dict[str, float] = {}  # digest -> when this process last moved its LRU clock
+        self._tidying: set[asyncio.Task[None]] = set()  # task dirs being removed
 
     def in_use(self) -> frozenset[str]:
         """Digests some running step's task dir uses: not to be evicted (a link count cannot tell, once
@@ -67,9 +73,8 @@ class Cook:
         self._in_use.update(d for _, d in inputs)
         try:
             executables = frozenset(i.path for i in step.inputs if i.executable)
-            await asyncio.to_thread(task.make, self.store, inputs, step.outputs, executables)
             linked = [(p, d) for p, d in inputs if p not in executables and p not in step.outputs]
-            store_stat = await asyncio.to_thread(self._ready_inputs, [d for _, d in inputs], [d for _, d in linked])
+            store_stat = await asyncio.to_thread(self._prepare, task, step, inputs, executables)
             binds = [] if self.protect_by_owner else [p for p, _ in linked]
             status, log, timed_out = await self._execute(step, task.path, binds)
             if timed_out:
@@ -83,12 +88,12 @@ class Cook:
                                message=f"step {step.step_id} modified its input {changed}, which is read-only")
             if status != 0:
                 return Outcome(ErrorCode.COMMAND_FAILED, status, log=log, message=self._failure(step, status, log))
-            missing = [o for o in step.outputs if not (task.path / o).is_file()]
+            modes = _regular_file_modes(str(task.path), step.outputs)
+            missing = [o for o, mode in zip(step.outputs, modes, strict=True) if mode is None]
             if missing:
                 return Outcome(ErrorCode.OUTPUT_MISSING, status, log=log,
                                message=f"step {step.step_id} did not make {', '.join(missing)}")
             discovered = await asyncio.to_thread(self._discover, step, task.path)
-            modes = [os.stat(task.path / o).st_mode for o in step.outputs]
             stored = await self.store.ingest_outputs([task.path / o for o in step.outputs])
             cutoffs = await asyncio.gather(*(self._cutoff(step.normalise.get(o), d) for o, (d, _) in
                                              zip(step.outputs, stored, strict=True)))
@@ -96,25 +101,51 @@ class Cook:
                        for o, (d, s), m, cut in zip(step.outputs, stored, modes, cutoffs, strict=True)]
             return Outcome(ErrorCode.OK, status, outputs=outputs, discovered=discovered, log=log)
         finally:
+            # The answer does not wait for the task dir to go: it is tidied in the background.
+            self._in_background(self._tidy(task, [d for _, d in inputs]))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tidying.add(task)
+        task.add_done_callback(self._tidying.discard)
+
+    async def _tidy(self, task: TaskDir, digests: list[str]) -> None:
+        try:
             await task.remove()
-            self._in_use.subtract(d for _, d in inputs)
+        finally:
+            self._in_use.subtract(digests)
             self._in_use = +self._in_use  # drop the zeros
 
-    def _ready_inputs(self, used: list[str], linked: list[str]) -> dict[str, os.stat_result]:
-        """Mark every `used` entry used (the LRU clock) and return the `linked` ones' stats, after
-        giving to `nobody` those not given yet (protection by owner: a chown per inode, once;
-        entries stay given away; it moves only the ctime, which no check compares). Sync: run it
-        in a thread."""
-        for digest in used:
-            self.store.touch(digest)
-        stats = {}
-        uid, gid = self._input_owner
-        for digest in linked:
-            path = self.store.path_for(digest)
-            stats[digest] = info = os.stat(path)
-            if self.protect_by_owner and (info.st_uid, info.st_gid) != (uid, gid):
-                os.chown(path, uid, gid)
-        return stats
+    async def drain(self) -> None:
+        """Wait for finished steps' task dirs to be removed (a chef stopping)."""
+        while self._tidying:
+            await asyncio.gather(*self._tidying, return_exceptions=True)
+
+    def _prepare(self, task: TaskDir, step: StepRequest, inputs: list[tuple[str, str]],
+                 executables: frozenset[str]) -> dict[str, os.stat_result]:
+        """Make the task dir, mark its inputs used, protect them: one thread hop. Returns the linked
+        store entries' stats (taken before the step runs, to catch an unsandboxed step writing to
+        one).
+
+        The LRU clock (an entry's atime) moves at most every TOUCH_EVERY_S per entry: a utime per
+        input per step was a tenth of a 100-input step's overhead. Protection by owner gives an
+        entry to `nobody` once (a chown per inode; it moves only the ctime, which no check
+        compares); `make` has just stat'ed each one, so checking costs nothing."""
+        linked = task.make(self.store, inputs, step.outputs, executables)
+        now = time.monotonic()
+        if len(self._touched) > TOUCHED_MAX:
+            self._touched = {d: t for d, t in self._touched.items() if now - t < TOUCH_EVERY_S}
+        for _, digest in inputs:
+            if now - self._touched.get(digest, -TOUCH_EVERY_S) >= TOUCH_EVERY_S:
+                info = linked.get(digest)
+                self.store.touch(digest, info.st_mtime_ns if info else None)
+                self._touched[digest] = now
+        if self.protect_by_owner:
+            uid, gid = self._input_owner
+            for digest, info in linked.items():
+                if (info.st_uid, info.st_gid) != (uid, gid):
+                    os.chown(self.store.entry(digest), uid, gid)
+        return linked
 
     async def _execute(self, step: StepRequest, cwd: Path, binds: list[str]) -> tuple[int, str, bool]:
         argv = sandbox_argv(self.bwrap, cwd, binds, step.command) if self.bwrap else plain_argv(step.command)
@@ -194,6 +225,18 @@ class Cook:
         with contextlib.suppress(FileNotFoundError):
             os.chmod(self.store.path_for(digest), 0o644)
         self.store.delete(digest)
+
+
+def _regular_file_modes(task_dir: str, outputs: list[str]) -> list[int | None]:
+    """Each output's mode, None where the step left no regular file."""
+    modes: list[int | None] = []
+    for rel in outputs:
+        try:
+            mode = os.stat(f"{task_dir}/{rel}").st_mode
+        except OSError:
+            mode = None
+        modes.append(mode if mode is not None and stat.S_ISREG(mode) else None)
+    return modes
 
 
 def _kill_group(pid: int) -> None:

@@ -33,6 +33,7 @@ from artefacts.toolprobe import ToolProbe
 from chefs.answers import Answers, AttemptKey, attempt_key
 from chefs.cooking import Cook
 from chefs.metrics import ChefMetrics, MetricsServer
+from chefs.taskdir import remove_leftovers
 from protocol import PROTOCOL_VERSION, subjects
 from protocol.errors import ErrorCode
 from protocol.kinds import KIND_TOOLS
@@ -124,6 +125,9 @@ class Chef:
         tools = await probe.identities(wanted)
         probe.save()
         self.cook = Cook(self.store, cfg.home / "tasks", tools, sandbox=cfg.sandbox, on_output=self._on_output)
+        leftovers = await asyncio.to_thread(remove_leftovers, cfg.home / "tasks")
+        if leftovers:
+            log.info("chef %s: removed %d task dirs a previous run left", cfg.id, leftovers)
         if cfg.sandbox and not self.cook.sandboxed:
             log.warning("chef %s: bwrap not found: steps run UNSANDBOXED in plain task dirs", cfg.id)
 
@@ -243,6 +247,8 @@ class Chef:
                 await self._service.stop()
         if self._running:
             await asyncio.wait(list(self._running.values()), timeout=drain_s)
+        if hasattr(self, "cook"):
+            await self.cook.drain()
         if self._writes:  # before the hand-over removes our ownership: a late replay must not add it back
             unwritten = await self._writes.close(FLUSH_S)
             if unwritten:

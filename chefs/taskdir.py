@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Protocol
+
+from artefacts.lifeline import pid_alive
+from artefacts.store import LINK_FALLBACK_ERRNOS
 
 
 class LinkingStore(Protocol):
     def link_into(self, digest: str, dest: Path) -> None: ...
     def path_for(self, digest: str) -> Path: ...
+    def entry(self, digest: str) -> str: ...
 
 
 class TaskDir:
@@ -20,27 +27,54 @@ class TaskDir:
 
     def __init__(self, parent: Path, step_id: str) -> None:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in step_id)[:60]
-        self.path = parent / f"{safe}-{uuid.uuid4().hex[:12]}"
+        # The pid prefix lets `remove_leftovers` spare the task dirs of a live chef.
+        self.path = parent / f"{os.getpid()}-{safe}-{uuid.uuid4().hex[:12]}"
 
     def make(self, store: LinkingStore, inputs: list[tuple[str, str]], outputs: list[str],
-             executables: frozenset[str] = frozenset()) -> None:
-        """Link each (path, digest) input in place and create the output directories.
+             executables: frozenset[str] = frozenset()) -> dict[str, os.stat_result]:
+        """Link each (path, digest) input in place and create the output directories; return the
+        linked store entries' stats by digest (what the link shares: owner, inode, mtime).
 
         Copies instead of links where a link cannot serve: executables (a hardlink shares the
         store file's 0444 mode; the store names bytes, not modes) get 0555, and an input that is
-        also an output (LaTeX rewriting its .aux in a cycle) gets a private writable copy."""
-        self.path.mkdir(parents=True)
+        also an output (LaTeX rewriting its .aux in a cycle) gets a private writable copy.
+        Plain strings, not Paths, and each directory made once: a step may have hundreds of inputs."""
+        base = str(self.path)
+        os.makedirs(base)
+        made = {base}
+
+        def parent_of(rel: str) -> None:
+            directory = os.path.dirname(rel)
+            if directory and (full := f"{base}/{directory}") not in made:
+                os.makedirs(full, exist_ok=True)
+                made.add(full)
+
         rewritten = set(outputs)
+        linked: dict[str, os.stat_result] = {}
         for rel, digest in inputs:
-            dest = self.path / rel
+            parent_of(rel)
+            dest = f"{base}/{rel}"
             if rel in executables or rel in rewritten:
-                dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(store.path_for(digest), dest)
                 os.chmod(dest, 0o555 if rel in executables else 0o644)
-            else:
-                store.link_into(digest, dest)
+                continue
+            source = store.entry(digest)
+            try:
+                info = os.lstat(source)
+            except FileNotFoundError:
+                info = None
+            if info is None or not stat.S_ISREG(info.st_mode):  # a planted symlink is no entry
+                raise FileNotFoundError(errno.ENOENT, f"{digest} is not in the store", source)
+            try:
+                os.link(source, dest)
+            except OSError as error:
+                if error.errno not in LINK_FALLBACK_ERRNOS:
+                    raise
+                store.link_into(digest, Path(dest))  # a read-only copy where links cannot go
+            linked[digest] = info
         for rel in outputs:
-            (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
+            parent_of(rel)
+        return linked
 
     def input_changed(self, inputs: list[tuple[str, str]], store_stat: dict[str, os.stat_result]) -> str | None:
         """The first input whose link no longer is the stored file unchanged (a step wrote to it)."""
@@ -56,6 +90,20 @@ class TaskDir:
 
     async def remove(self) -> None:
         await asyncio.to_thread(_rmtree, self.path)
+
+
+def remove_leftovers(parent: Path) -> int:
+    """Remove task dirs a killed chef left (its pid is gone, or is ours from a previous life);
+    returns how many. Sync: run it in a thread, at start."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(parent):
+            owner = entry.name.split("-", 1)[0]
+            if owner.isdigit() and int(owner) != os.getpid() and pid_alive(int(owner)):
+                continue
+            _rmtree(Path(entry.path))
+            removed += 1
+    return removed
 
 
 def _rmtree(path: Path) -> None:
