@@ -23,6 +23,9 @@ fi
 
 PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "Running pip as the 'root' user" || true
-"$PYTHON" -c "import majordomo, chefs, artefacts, protocol" 
+# An editable install compiles nothing, and where PYTHONDONTWRITEBYTECODE is set nothing else
+# would: every command would compile our modules again (~20 ms of each `majordomo build`).
+"$PYTHON" -m compileall -q -j 0 majordomo chefs artefacts protocol >/dev/null
+"$PYTHON" -c "import majordomo, chefs, artefacts, protocol"
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 echo "setup: ready ($("$PYTHON" --version), $(nats-server --version 2>/dev/null || echo 'nats-server from wheel'))"
