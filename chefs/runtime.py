@@ -455,7 +455,7 @@ class Chef:
         lacking = [i for i in step.inputs if not self.store.has(i.digest)]
         if lacking:
             await self._publish("step.pulling", step, {"files": len(lacking), "bytes": sum(i.size for i in lacking)})
-        failed = await self._pull_inputs(step.inputs, step.pods, pulled)
+        failed = await self._pull_inputs(lacking, step.pods, pulled) if lacking else {}
         if failed:
             digest, reason = next(iter(failed.items()))
             path = next(i.path for i in step.inputs if i.digest == digest)

@@ -180,6 +180,7 @@ class Build:
         self._probe = ToolProbe(state.dir / "tools.json")
         self._toolchains: dict[tuple[str, str, tuple[str, ...]], dict[str, str] | None] = {}
         self._step_tools: dict[str, tuple[str, ...]] = {}
+        self._probing: dict[tuple[str, str, tuple[str, ...]], asyncio.Future[dict[str, str]]] = {}
         self._normalise_memo: dict[str, dict[str, str]] = {}
         self._owner_map: dict[str, set[str]] | None = None
         self._events: list[tuple[str, str, str, dict[str, object]]] = []  # until the federation is up
@@ -665,7 +666,7 @@ class Build:
         deadline = time.monotonic() + limit
         self._load[chef.id] = self._load.get(chef.id, 0) + 1
         asking: set[asyncio.Future[Any]] = set()
-        lost = asyncio.ensure_future(self._leases.lost(chef.id).wait())
+        lost = self._leases.lost(chef.id).future  # shared by the chef's steps: never cancelled here
         sent, next_ask = 0, 0.0
         try:
             while True:
@@ -676,13 +677,10 @@ class Build:
                     asking.add(asyncio.ensure_future(fed.nc.request(subject, payload, timeout=deadline - now,
                                                                     headers=headers())))
                     sent, next_ask = sent + 1, now + REASK_S
-                came_back = asyncio.ensure_future(fed.reconnected.wait())
-                try:
-                    await asyncio.wait({*asking, lost, came_back}, timeout=min(next_ask, deadline) - now,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    came_back.cancel()
-                if came_back.done() and not came_back.cancelled():
+                came_back = fed.reconnected.future  # shared too
+                await asyncio.wait({*asking, lost, came_back}, timeout=min(next_ask, deadline) - now,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if came_back.done():
                     next_ask = 0.0  # back from a failover: whatever the chef answered meanwhile is lost
                 for done in [a for a in asking if a.done()]:
                     asking.discard(done)
@@ -700,7 +698,7 @@ class Build:
                     return None, "lease lost"
         finally:
             self._load[chef.id] -= 1
-            for task in (*asking, lost):
+            for task in asking:
                 if not task.done():
                     task.cancel()  # a late answer from a chef whose lease expired is ignored
 
@@ -953,9 +951,14 @@ class Build:
         tools = self._tools_of(step)
         if self.options.nats_url is None:
             memo = (step.kind, "probe", tools)
-            if memo not in self._toolchains:
-                found = await self._probe.identities(list(tools))
-                self._toolchains[memo] = found if len(found) == len(tools) else None
+            if memo in self._toolchains:
+                return self._toolchains[memo]
+            # Steps start together: the first probes, the others wait for its answer.
+            probing = self._probing.get(memo)
+            if probing is None:
+                probing = self._probing[memo] = asyncio.ensure_future(self._probe.identities(list(tools)))
+            found = await asyncio.shield(probing)
+            self._toolchains[memo] = found if len(found) == len(tools) else None
             return self._toolchains[memo]
         from majordomo.placement import toolchain_from_chefs
 

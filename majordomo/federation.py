@@ -26,6 +26,7 @@ from artefacts.samehost import workspace_access
 from artefacts.sftp_client import Puller
 from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
+from majordomo.latch import Latch
 from majordomo.resident import idle_seconds, join_or_start, stop_resident
 from protocol import subjects
 from protocol.kinds import KNOWN_KINDS
@@ -139,7 +140,7 @@ class Federation:
         self.dashboard = None  # the live page, when asked for; lives as long as this federation
         # Set (and replaced by a fresh one) each time the NATS connection comes back after a failover:
         # replies published while we were away are lost, so whoever waits for one asks again.
-        self.reconnected = asyncio.Event()
+        self.reconnected = Latch()
         self._writes: MapWrites | None = None
 
     async def open_dashboard(self, port: int) -> str:
@@ -223,7 +224,7 @@ class Federation:
         raise AssertionError("unreachable")
 
     async def _on_reconnect(self) -> None:
-        came_back, self.reconnected = self.reconnected, asyncio.Event()
+        came_back, self.reconnected = self.reconnected, Latch()
         came_back.set()
         if self._writes:
             self._writes.nudge()

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from majordomo.latch import Latch
+
 DEFAULT_LEASE_S = 10.0
 _DELETE_OPS = {"DEL", "PURGE"}
 
@@ -31,7 +33,7 @@ class Leases:
         self.on_lost = on_lost or (lambda _chef, _why: None)
         self.on_back = on_back or (lambda _registration: None)
         self._last_seen: dict[str, float] = {}
-        self._lost: dict[str, asyncio.Event] = {}
+        self._lost: dict[str, Latch] = {}
         self._sub = None
         self._checker: asyncio.Task[None] | None = None
 
@@ -51,11 +53,11 @@ class Leases:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
 
-    def lost(self, chef: str) -> asyncio.Event:
-        """An event set once `chef` loses its current lease. It is never cleared: the attempts
+    def lost(self, chef: str) -> Latch:
+        """A latch set once `chef` loses its current lease. It is never cleared: the attempts
         that waited on it stay ended (their late answers ignored); a chef whose heartbeats resume
         gets a new lease, with a new event."""
-        return self._lost.setdefault(chef, asyncio.Event())
+        return self._lost.setdefault(chef, Latch())
 
     def alive(self, chef: str) -> bool:
         return not self.lost(chef).is_set()
@@ -67,7 +69,7 @@ class Leases:
             self._expire(chef, "deregistered")
             return
         if self.lost(chef).is_set():  # back after an outage (NATS failover, a healed link)
-            self._lost[chef] = asyncio.Event()
+            self._lost[chef] = Latch()
             self.on_back(msg.data)
         self._last_seen[chef] = time.monotonic()
 
