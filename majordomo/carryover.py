@@ -54,6 +54,7 @@ class Carryover:
     stamp_id: tuple[int, int, int] | None = None  # that stamp file's inode, mtime_ns and size
     _readers: dict[str, list[Step]] | None = None
     _dependants: dict[str, list[Step]] | None = None
+    _unit_of: dict[str, int] | None = None  # step id -> position of its unit in `units`
     _stamp_index: dict[str, int] | None = None  # the stamp's path -> position
 
     def stamp_index(self) -> dict[str, int] | None:
@@ -68,7 +69,15 @@ class Carryover:
 
     @property
     def steps(self) -> int:
-        return sum(len(unit) for unit in self.units)
+        self.index()
+        assert self._unit_of is not None
+        return len(self._unit_of)
+
+    def units_of(self, step_ids: set[str]) -> list[list[Step]]:
+        """The units holding these steps, in build order: O(steps asked), not O(units)."""
+        self.index()
+        assert self._unit_of is not None
+        return [self.units[i] for i in sorted({self._unit_of[s] for s in step_ids})]
 
     def readers(self, path: str) -> list[Step]:
         """Steps of this build that read `path` (declared, may_read or discovered)."""
@@ -94,19 +103,22 @@ class Carryover:
         """Reuse the previous carry-over's reverse index: same graph, same edges."""
         if previous.graph is self.graph and previous.units is self.units:
             self._readers, self._dependants = previous._readers, previous._dependants
+            self._unit_of = previous._unit_of
 
     def index(self) -> None:
         """Build the reverse index (who reads a path, who depends on a step): once per graph; and
         the stamp's, once per stamp."""
         self.stamp_index()
-        if self._readers is not None and self._dependants is not None:
+        if self._readers is not None and self._dependants is not None and self._unit_of is not None:
             return
         readers: dict[str, list[Step]] = {}
         dependants: dict[str, list[Step]] = {}
-        for unit in self.units:
+        unit_of: dict[str, int] = {}
+        for position, unit in enumerate(self.units):
             for step in unit:
+                unit_of[step.id] = position
                 for path in {*step.inputs, *step.may_read, *self.graph.discovered(step)}:
                     readers.setdefault(path, []).append(step)
                 for dep in self.graph.deps(step):
                     dependants.setdefault(dep.id, []).append(step)
-        self._readers, self._dependants = readers, dependants
+        self._readers, self._dependants, self._unit_of = readers, dependants, unit_of

@@ -158,6 +158,7 @@ class Build:
         # what the no-op stamp may vouch for (a later change by the user must still show).
         self.written_dirs: dict[str, tuple[int, int, int, int, int]] = {}
         self.units: list[list[Step]] = []  # every unit of the selection, visited or not
+        self._order: list[Step] | None = None  # those units' steps in order
         facts = carry.facts if carry is not None else ArtefactFacts()
         self.digests = facts.digests  # artefact path -> digest, as known in this build
         self.sizes = facts.sizes
@@ -253,7 +254,7 @@ class Build:
         changed, producers of final outputs that changed in the workspace, and all downstream."""
         self.graph = carry.graph
         self.units = carry.units
-        self._order = [s for unit in carry.units for s in unit]
+        self._order = None  # the whole order, only if a full stamp is written: O(project)
         sources = [p for p in self._changed if self.graph.producer(p) is None]
         dirty: dict[str, Step] = {}
         if sources:
@@ -275,8 +276,7 @@ class Build:
             producer = self.graph.producer(path)
             if producer is not None:
                 dirty[producer.id] = producer  # a final output edited or deleted: fetch it again
-        affected = carry.downstream(list(dirty.values()))
-        units = [unit for unit in carry.units if any(s.id in affected for s in unit)]
+        units = carry.units_of(carry.downstream(list(dirty.values())))
         self._unchanged = carry.steps - sum(len(unit) for unit in units)
         return units
 
@@ -290,6 +290,8 @@ class Build:
         """What the no-op stamp must watch after a successful build of `steps` (default: all), with
         digests and the stats they were taken at: every file the steps read that no step makes,
         every output left in the workspace; and the tools in keys."""
+        if steps is None and self._order is None:
+            self._order = [s for unit in self.units for s in unit]
         order = self._order if steps is None else steps
         paths = self.graph.sources_of(order)
         paths += [o for s in order for o in s.outputs if self.graph.is_final(o)]
