@@ -74,9 +74,10 @@ class MapWrites:
             if self._queue:  # the cluster is away: keep the order, do not wait for it here
                 self._keep([w for g in groups[n:] for w in g])
                 return self._last_error or "earlier writes are still waiting"
-            # One write (the usual group) is awaited as is: gather would wrap it in a task.
-            results = [await self._try(group[0])] if len(group) == 1 else \
-                await asyncio.gather(*(self._try(w) for w in group))
+            if len(group) == 1:  # the usual group: awaited as is, where gather would wrap it in a task
+                results = [await self._try(group[0])]
+            else:
+                results = await asyncio.gather(*(self._try(w) for w in group))
             failed = [w for w, ok in zip(group, results, strict=True) if not ok]
             if failed:
                 self._keep([*failed, *(w for g in groups[n + 1:] for w in g)])

@@ -189,21 +189,33 @@ class Store:
         A hardlink when possible (instant, and read-only because the entry is); a 0444 copy when
         the filesystem will not link. Sync: run it in a thread.
         """
-        if not self.has(digest):
-            raise FileNotFoundError(errno.ENOENT, f"{digest} is not in the store", str(self.path_for(digest)))
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        self.link_entry(digest, str(dest))
+
+    def link_entry(self, digest: str, dest: str) -> os.stat_result:
+        """`link_into` for a `dest` whose directory exists, with plain strings (a task dir links
+        hundreds of inputs); returns the entry's stat, taken before linking (owner, inode, mtime:
+        what a link shares). A planted symlink is no entry."""
+        source = self.entry(digest)
         try:
-            os.link(self.path_for(digest), dest)
+            info = os.lstat(source)
+        except FileNotFoundError:
+            info = None
+        if info is None or not stat.S_ISREG(info.st_mode):
+            raise FileNotFoundError(errno.ENOENT, f"{digest} is not in the store", source)
+        try:
+            os.link(source, dest)
         except OSError as error:
             if error.errno not in LINK_FALLBACK_ERRNOS:
                 raise
             try:
-                _copy_new(self.path_for(digest), dest)
+                _copy_new(Path(source), Path(dest))
                 os.chmod(dest, READ_ONLY)
             except BaseException:
-                dest.unlink(missing_ok=True)
+                Path(dest).unlink(missing_ok=True)
                 raise
+        return info
 
     # --- maintenance ---------------------------------------------------------------------------
 

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import shutil
-import stat
 import uuid
 from pathlib import Path
 from typing import Protocol
 
 from artefacts.lifeline import pid_alive
-from artefacts.store import LINK_FALLBACK_ERRNOS
 
 
 class LinkingStore(Protocol):
-    def link_into(self, digest: str, dest: Path) -> None: ...
+    def link_entry(self, digest: str, dest: str) -> os.stat_result: ...
     def path_for(self, digest: str) -> Path: ...
-    def entry(self, digest: str) -> str: ...
 
 
 class TaskDir:
@@ -58,20 +54,7 @@ class TaskDir:
                 shutil.copyfile(store.path_for(digest), dest)
                 os.chmod(dest, 0o555 if rel in executables else 0o644)
                 continue
-            source = store.entry(digest)
-            try:
-                info = os.lstat(source)
-            except FileNotFoundError:
-                info = None
-            if info is None or not stat.S_ISREG(info.st_mode):  # a planted symlink is no entry
-                raise FileNotFoundError(errno.ENOENT, f"{digest} is not in the store", source)
-            try:
-                os.link(source, dest)
-            except OSError as error:
-                if error.errno not in LINK_FALLBACK_ERRNOS:
-                    raise
-                store.link_into(digest, Path(dest))  # a read-only copy where links cannot go
-            linked[digest] = info
+            linked[digest] = store.link_entry(digest, dest)
         for rel in outputs:
             parent_of(rel)
         return linked

@@ -30,6 +30,3 @@ class Latch:
 
     def is_set(self) -> bool:
         return self._set
-
-    async def wait(self) -> None:
-        await asyncio.shield(self.future)

@@ -56,7 +56,7 @@ class Leases:
     def lost(self, chef: str) -> Latch:
         """A latch set once `chef` loses its current lease. It is never cleared: the attempts
         that waited on it stay ended (their late answers ignored); a chef whose heartbeats resume
-        gets a new lease, with a new event."""
+        gets a new lease, with a new latch."""
         return self._lost.setdefault(chef, Latch())
 
     def alive(self, chef: str) -> bool:

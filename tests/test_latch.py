@@ -14,7 +14,7 @@ def test_waiters_share_one_future_and_see_a_set_before_or_after() -> None:
         assert early.is_set() and early.future.done()
 
         latch = Latch()
-        waiters = [asyncio.ensure_future(latch.wait()) for _ in range(3)]
+        waiters = [asyncio.ensure_future(asyncio.shield(latch.future)) for _ in range(3)]
         done, _ = await asyncio.wait({latch.future}, timeout=0.01)
         assert not done and not latch.is_set()
         waiters[0].cancel()  # one waiter giving up leaves the latch to the others
