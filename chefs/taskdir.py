@@ -84,7 +84,10 @@ def remove_leftovers(parent: Path) -> int:
             owner = entry.name.split("-", 1)[0]
             if owner.isdigit() and int(owner) != os.getpid() and pid_alive(int(owner)):
                 continue
-            _rmtree(Path(entry.path))
+            try:
+                _rmtree(Path(entry.path))
+            except OSError:
+                continue  # best effort: one that cannot go must not keep the chef from starting
             removed += 1
     return removed
 
