@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from artefacts.hashing import HashError, hash_files
+from artefacts.hashing import HashError, hash_files, hash_files_here
 from artefacts.lifeline import pid_alive
 from protocol.digests import ALGORITHMS, DEFAULT_ALGORITHM, parse_digest, store_relpath
 
@@ -170,16 +170,25 @@ class Store:
         read-only. The caller promises that nothing writes the file any more (the step's processes
         are gone). A file with other links (which might still be written through them), or one on
         another filesystem, is copied instead. Symlinks and other non-regular files are refused.
+
+        All of it is one thread hop, hashing in that thread ("hashed while written", as every store
+        entry is): a step's outputs are a few files, and three hops plus a `sha256sum` spawn were
+        ~1.5 ms of every step. If the caller is cancelled, the thread still finishes: what it
+        commits is verified, and a failure removes its own temp files.
         """
         temps = [self.new_temp() for _ in paths]
-        try:
-            sizes = await self._in_threads(lambda pair: _link_or_copy_new(*pair), list(zip(paths, temps, strict=True)))
-            digests = await hash_files(temps, algo=self.algo, jobs=self.jobs, sizes=sizes)
-            await self._in_threads_batched(self._commit_many, list(zip(temps, digests, strict=True)))
-        except BaseException:
-            await asyncio.to_thread(_unlink_all, temps)
-            raise
-        return list(zip(digests, sizes, strict=True))
+
+        def take_all() -> list[tuple[str, int]]:
+            try:
+                sizes = [_link_or_copy_new(path, temp) for path, temp in zip(paths, temps, strict=True)]
+                digests = hash_files_here(temps, sizes, self.algo)
+                self._commit_many(list(zip(temps, digests, strict=True)))
+            except BaseException:
+                _unlink_all(temps)
+                raise
+            return list(zip(digests, sizes, strict=True))
+
+        return await asyncio.to_thread(take_all)
 
     # --- using entries -------------------------------------------------------------------------
 
