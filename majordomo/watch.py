@@ -4,6 +4,13 @@ Changes come from watchfiles (inotify). A burst of saves is one rebuild: watchfi
 no new change has arrived for `quiet_ms`. inotify can overflow without saying so, so a periodic
 rescan (a build that is a cheap no-op when nothing changed) backs it up. Files this tool writes
 (final outputs, their temp files, `.majordomo/`) never trigger a rebuild.
+
+A rebuild starts from what the last successful one left (majordomo/carryover.py, as the resident
+build server's do) and looks only at the files watchfiles named, when they cannot have changed the
+project's shape: contents of files the graph knows, or of files no step reads. The recipe file, a
+file added or deleted (a pattern rule or glob may now match differently), a rescan, a failed
+build, or another process writing the state database send the rebuild down the full path: recipes
+loaded, every source's stat checked. A tool upgraded during a watch is noticed by the next rescan.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from majordomo.carryover import Carryover
 from majordomo.engine import Build, BuildError, BuildOptions, BuildReport
 from majordomo.recipes import Project
-from majordomo.state import State
+from majordomo.server_memory import ServerMemory
 
 if TYPE_CHECKING:
     from artefacts.metrics import MetricsServer
@@ -29,7 +37,9 @@ if TYPE_CHECKING:
 @dataclass
 class WatchOptions:
     build: BuildOptions
-    quiet_ms: int = 30  # a change is acted on once no other arrived for this long
+    # A change is acted on once no other arrived for this long. An editor's save (write, rename,
+    # chmod) is over within a millisecond; each ms here is a ms of every rebuild's latency.
+    quiet_ms: int = 5
     max_batch_ms: int = 1000  # ... but never later than this after the first
     rescan_s: float = 30.0  # rebuild check even without events (inotify overflows are silent)
 
@@ -74,14 +84,14 @@ async def watch(
 
     from majordomo.federation import Federation
 
-    state = State(root)
+    memory = ServerMemory()  # the state, and the last successful build's carry-over
     bopts = options.build
     # One federation for the whole watch, started by the first build that needs it.
     fed = Federation(root, "", bopts.nats_url, bopts.federation,
                      sftp_listen=bopts.sftp_listen, advertise_host=bopts.advertise_host, resident=False)
     stop = stop or asyncio.Event()
     output_filter = OutputFilter(root)
-    output_filter.refresh(state.load_produced())
+    output_filter.refresh(memory.state(root)[0].load_produced())  # before the watcher starts
     waiting: asyncio.Future[set[tuple[object, str]] | None] = asyncio.get_running_loop().create_future()
     # One watcher for the whole session, made before the first build: a save during a build, or
     # between a build and the next wait, is kept for the next wait instead of being lost.
@@ -92,11 +102,13 @@ async def watch(
     server, address = metrics_server
     if server and address:
         await server.start(*address)  # one endpoint for the whole watch, scraped between builds
+    changes: set[tuple[object, str]] | None = None  # None: the first build
     try:
         while not stop.is_set():
             # Already waiting while the build runs, so nothing saved meanwhile is missed.
             waiting = asyncio.ensure_future(anext(changes_stream, None))
-            report = await _one_build(load, bopts, state, fed, out, on_step, output_filter, on_event, metrics)
+            report = await _one_build(root, load, bopts, memory, changes, fed, out, on_step, output_filter,
+                                      on_event, metrics)
             if report is not None:
                 on_report(report)
             print("watching for changes (Ctrl-C stops)", file=out, flush=True)
@@ -115,27 +127,68 @@ async def watch(
         await fed.stop()
         if server:
             await server.stop()
-        state.close()
+        memory.close()
 
 
-async def _one_build(load: Callable[[], Project], options: BuildOptions, state: State, fed: Federation,
-                     out: TextIO, on_step: Callable[..., None] | None,
-                     output_filter: OutputFilter,
+def carried_changes(carry: Carryover | None, changes: set[tuple[object, str]] | None,
+                    root: Path) -> list[str] | None:
+    """The project-relative files a rebuild carried over from `carry` must look at, or None when
+    these changes may have changed the project's shape (or there is nothing to carry over)."""
+    import watchfiles
+
+    if carry is None or not changes:
+        return None
+    kinds: dict[str, set[object]] = {}
+    for kind, path in changes:
+        kinds.setdefault(path, set()).add(kind)
+    recipe = os.fspath(carry.project.recipe_file)
+    changed = []
+    for path, seen in kinds.items():
+        rel = os.path.relpath(path, root)
+        if path == recipe or rel.startswith(".."):
+            return None
+        if seen != {watchfiles.Change.modified}:
+            # Added or deleted: what a pattern rule or glob matches may differ now. Unless it is a
+            # file the graph knows and that is there (an editor that saves by rename).
+            known = bool(carry.readers(rel)) or carry.graph.producer(rel) is not None
+            if not (known and os.path.isfile(path)):
+                return None
+        changed.append(rel)
+    return changed
+
+
+async def _one_build(root: Path, load: Callable[[], Project], options: BuildOptions, memory: ServerMemory,
+                     changes: set[tuple[object, str]] | None, fed: Federation, out: TextIO,
+                     on_step: Callable[..., None] | None, output_filter: OutputFilter,
                      on_event: Callable[..., None] | None = None,
                      metrics: MajordomoMetrics | None = None) -> BuildReport | None:
     from majordomo.recipes import RecipeError
 
-    try:
-        project = load()
-    except RecipeError as exc:  # the user is mid-edit: say so and wait for the next save
-        print(f"majordomo: {exc}", file=out, flush=True)
-        return None
-    produced = await state.run(state.load_produced)
-    output_filter.refresh([*produced, *(o for step in project.steps for o in step.outputs)])
-    build = Build(project, state, options, on_step=on_step, shared=fed, on_event=on_event, metrics=metrics)
+    state, same = await asyncio.to_thread(memory.state, root)
+    carry, memory.carry = memory.carry, None  # consumed: only a successful build leaves one
+    changed = carried_changes(carry if same else None, changes, root)
+    if changed is None:
+        carry = None
+        try:
+            project = load()
+        except RecipeError as exc:  # the user is mid-edit: say so and wait for the next save
+            print(f"majordomo: {exc}", file=out, flush=True)
+            return None
+        produced = await state.run(state.load_produced)
+        output_filter.refresh([*produced, *(o for step in project.steps for o in step.outputs)])
+    else:
+        assert carry is not None
+        project = carry.project  # same recipe, same files: same outputs for the filter too
+    build = Build(project, state, options, on_step=on_step, shared=fed, on_event=on_event, metrics=metrics,
+                  carry=carry, changed=changed)
     fed.pod_id = build.pod_id
     try:
-        return await build.run()
+        report = await build.run()
     except BuildError as exc:
         print(f"majordomo: {exc}", file=out, flush=True)
         return None
+    if report.ok and memory.still_ours():
+        memory.carry = Carryover(root, "", project, build.graph, build.units, build.facts())
+        if carry is not None:
+            memory.carry.inherit_index(carry)
+    return report

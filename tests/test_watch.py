@@ -12,6 +12,8 @@ from pathlib import Path
 
 from conftest import REPO, write_project
 
+from majordomo import watch as watch_mod
+
 RECIPE = """
 [[rule]]
 name = "upper"
@@ -89,3 +91,89 @@ def test_watch_rebuilds_on_change_and_stops_cleanly(tmp_path: Path) -> None:
     assert code == 0
     assert _chef_processes(project) == []
     assert not any("Traceback" in ln for ln in list(w.lines.queue))
+
+
+CHAIN = """
+[[rule]]
+name = "upper"
+inputs = ["src/%.txt"]
+outputs = ["out/%.up"]
+command = "tr a-z A-Z < $< > $@"
+
+[[step]]
+name = "joined"
+inputs = ["out/*.up"]
+outputs = ["out/all.txt"]
+command = "cat $^ > $@"
+"""
+
+
+def _built(w: Watcher) -> list[str]:
+    lines = w.until(lambda ln: ln.startswith("watching for changes"))
+    assert not any(ln.startswith("majordomo:") for ln in lines), lines
+    return lines
+
+
+def test_watch_rebuilds_edits_additions_deletions_and_rename_saves(tmp_path: Path) -> None:
+    """Each kind of change a watch sees gives what a clean build gives: edits go the carried-over
+    way, additions and deletions (which change what the pattern rule matches) the full way."""
+    project = write_project(tmp_path / "p", CHAIN, {"src/a.txt": "alpha\n", "src/b.txt": "beta\n"})
+    w = Watcher(project)
+    try:
+        assert any(ln.startswith("build ok: 3 run") for ln in _built(w))
+
+        (project / "src/a.txt").write_text("edited\n")  # in place: the carried-over way
+        assert any(ln.startswith("build ok: 2 run, 1 cached") for ln in _built(w))
+        assert (project / "out/all.txt").read_text() == "EDITED\nBETA\n"
+
+        (project / "src/c.txt").write_text("gamma\n")  # a new source: a new step
+        assert any(ln.startswith("build ok: 2 run") for ln in _built(w))
+        assert (project / "out/all.txt").read_text() == "EDITED\nBETA\nGAMMA\n"
+
+        (project / "src/b.txt").unlink()  # a deleted source: its step and output go
+        _built(w)
+        assert (project / "out/all.txt").read_text() == "EDITED\nGAMMA\n"
+        assert not (project / "out/b.up").exists()
+
+        # An editor saving by rename: a new file moved over the source.
+        (project / "src/.a.txt.new").write_text("renamed\n")
+        os.replace(project / "src/.a.txt.new", project / "src/a.txt")
+        lines = _built(w)
+        assert (project / "out/all.txt").read_text() == "RENAMED\nGAMMA\n", lines
+
+        (project / "src/c.txt").write_text("gamma\n")  # same bytes again: nothing runs
+        assert any(ln.startswith("build ok: 0 run") for ln in _built(w))
+    finally:
+        w.proc.send_signal(signal.SIGINT)
+        code = w.proc.wait(30)
+    assert code == 0
+
+
+def test_carried_changes_only_for_changes_that_keep_the_project_shape(tmp_path: Path) -> None:
+    """Which watch batches may skip reloading the recipes and checking every source."""
+    import watchfiles
+
+    from majordomo.carryover import ArtefactFacts, Carryover
+    from majordomo.graph import BuildGraph
+    from majordomo.recipes import load_project
+
+    root = write_project(tmp_path / "p", CHAIN, {"src/a.txt": "alpha\n", "notes.md": "n\n"})
+    project = load_project(root)
+    graph = BuildGraph(project, {})
+    carry = Carryover(root, "", project, graph, graph.units(graph.select([])), ArtefactFacts())
+    M, A, D = watchfiles.Change.modified, watchfiles.Change.added, watchfiles.Change.deleted
+
+    def at(rel: str) -> str:
+        return str(root / rel)
+
+    assert watch_mod.carried_changes(carry, {(M, at("src/a.txt"))}, root) == ["src/a.txt"]
+    assert watch_mod.carried_changes(carry, {(M, at("notes.md"))}, root) == ["notes.md"]  # read by none
+    # A file the graph knows, deleted then added back (a rename-save): still the same shape.
+    assert watch_mod.carried_changes(carry, {(D, at("src/a.txt")), (A, at("src/a.txt"))}, root) == ["src/a.txt"]
+    assert watch_mod.carried_changes(carry, {(M, at("majordomo.toml"))}, root) is None
+    assert watch_mod.carried_changes(carry, {(A, at("src/new.txt"))}, root) is None  # the rule may match it
+    assert watch_mod.carried_changes(carry, {(A, at("notes2.md"))}, root) is None
+    (root / "src/a.txt").unlink()
+    assert watch_mod.carried_changes(carry, {(D, at("src/a.txt"))}, root) is None
+    assert watch_mod.carried_changes(carry, set(), root) is None  # a rescan
+    assert watch_mod.carried_changes(None, {(M, at("notes.md"))}, root) is None
