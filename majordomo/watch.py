@@ -7,7 +7,7 @@ rescan (a build that is a cheap no-op when nothing changed) backs it up. Files t
 
 A rebuild starts from what the last successful one left (majordomo/carryover.py, as the resident
 build server's do) and looks only at the files watchfiles named, when they cannot have changed the
-project's shape: contents of files the graph knows, or of files no step reads. The recipe file, a
+project's shape: contents of files the graph knows (others are left alone). The recipe file, a
 file added or deleted (a pattern rule or glob may now match differently), a rescan, a failed
 build, or another process writing the state database send the rebuild down the full path: recipes
 loaded, every source's stat checked. A tool upgraded during a watch is noticed by the next rescan.
@@ -147,13 +147,14 @@ def carried_changes(carry: Carryover | None, changes: set[tuple[object, str]] | 
         rel = os.path.relpath(path, root)
         if path == recipe or rel.startswith(".."):
             return None
+        known = bool(carry.readers(rel)) or carry.graph.producer(rel) is not None
         if seen != {watchfiles.Change.modified}:
             # Added or deleted: what a pattern rule or glob matches may differ now. Unless it is a
             # file the graph knows and that is there (an editor that saves by rename).
-            known = bool(carry.readers(rel)) or carry.graph.producer(rel) is not None
             if not (known and os.path.isfile(path)):
                 return None
-        changed.append(rel)
+        if known:  # new contents of a file no step reads (or a directory's mode) change nothing
+            changed.append(rel)
     return changed
 
 

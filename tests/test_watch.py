@@ -167,7 +167,8 @@ def test_carried_changes_only_for_changes_that_keep_the_project_shape(tmp_path: 
         return str(root / rel)
 
     assert watch_mod.carried_changes(carry, {(M, at("src/a.txt"))}, root) == ["src/a.txt"]
-    assert watch_mod.carried_changes(carry, {(M, at("notes.md"))}, root) == ["notes.md"]  # read by none
+    assert watch_mod.carried_changes(carry, {(M, at("notes.md"))}, root) == []  # read by no step
+    assert watch_mod.carried_changes(carry, {(M, at("src"))}, root) == []  # a directory's mode
     # A file the graph knows, deleted then added back (a rename-save): still the same shape.
     assert watch_mod.carried_changes(carry, {(D, at("src/a.txt")), (A, at("src/a.txt"))}, root) == ["src/a.txt"]
     assert watch_mod.carried_changes(carry, {(M, at("majordomo.toml"))}, root) is None
