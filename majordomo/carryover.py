@@ -19,11 +19,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from majordomo.graph import BuildGraph
 from majordomo.noop import stamp_index
 from majordomo.recipes import Project, Step
 from protocol.messages import OutputRef
+
+if TYPE_CHECKING:
+    from majordomo.engine import Build
 
 
 @dataclass
@@ -56,6 +60,15 @@ class Carryover:
     _dependants: dict[str, list[Step]] | None = None
     _unit_of: dict[str, int] | None = None  # step id -> position of its unit in `units`
     _stamp_index: dict[str, int] | None = None  # the stamp's path -> position
+
+    @classmethod
+    def of(cls, build: Build, args_key: str, previous: Carryover | None) -> Carryover:
+        """What a successful `build` leaves for the next one; a build carried over from `previous`
+        has the same graph, so it keeps its reverse index."""
+        kept = cls(build.root, args_key, build.project, build.graph, build.units, build.facts())
+        if previous is not None:
+            kept.inherit_index(previous)
+        return kept
 
     def stamp_index(self) -> dict[str, int] | None:
         """Each file of the stamp -> its position in it (noop.refresh_stamp patches by position)."""

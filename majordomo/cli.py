@@ -383,9 +383,7 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
         if memory is not None and memory.still_ours():
             from majordomo.carryover import Carryover
 
-            kept = memory.carry = Carryover(project.root, stamp_key, project, build.graph, build.units, build.facts())
-            if carry is not None:
-                kept.inherit_index(carry)
+            kept = memory.carry = Carryover.of(build, stamp_key, carry)
 
         async def stamp() -> None:
             root, steps = str(project.root), report.steps_run + report.steps_cached

@@ -130,8 +130,7 @@ async def watch(
         memory.close()
 
 
-def carried_changes(carry: Carryover | None, changes: set[tuple[object, str]] | None,
-                    root: Path) -> list[str] | None:
+def carried_changes(carry: Carryover | None, changes: set[tuple[object, str]] | None) -> list[str] | None:
     """The project-relative files a rebuild carried over from `carry` must look at, or None when
     these changes may have changed the project's shape (or there is nothing to carry over)."""
     import watchfiles
@@ -144,8 +143,8 @@ def carried_changes(carry: Carryover | None, changes: set[tuple[object, str]] | 
     recipe = os.fspath(carry.project.recipe_file)
     changed = []
     for path, seen in kinds.items():
-        rel = os.path.relpath(path, root)
-        if path == recipe or rel.startswith(".."):
+        rel = os.path.relpath(path, carry.root)
+        if path == recipe or rel == ".." or rel.startswith("../"):
             return None
         known = bool(carry.readers(rel)) or carry.graph.producer(rel) is not None
         if seen != {watchfiles.Change.modified}:
@@ -167,7 +166,7 @@ async def _one_build(root: Path, load: Callable[[], Project], options: BuildOpti
 
     state, same = await asyncio.to_thread(memory.state, root)
     carry, memory.carry = memory.carry, None  # consumed: only a successful build leaves one
-    changed = carried_changes(carry if same else None, changes, root)
+    changed = carried_changes(carry if same else None, changes)
     if changed is None:
         carry = None
         try:
@@ -189,7 +188,5 @@ async def _one_build(root: Path, load: Callable[[], Project], options: BuildOpti
         print(f"majordomo: {exc}", file=out, flush=True)
         return None
     if report.ok and memory.still_ours():
-        memory.carry = Carryover(root, "", project, build.graph, build.units, build.facts())
-        if carry is not None:
-            memory.carry.inherit_index(carry)
+        memory.carry = Carryover.of(build, "", carry)
     return report

@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import REPO, write_project
+from conftest import REPO, UPPER_JOIN, write_project
 
 from majordomo import watch as watch_mod
 
@@ -93,21 +93,6 @@ def test_watch_rebuilds_on_change_and_stops_cleanly(tmp_path: Path) -> None:
     assert not any("Traceback" in ln for ln in list(w.lines.queue))
 
 
-CHAIN = """
-[[rule]]
-name = "upper"
-inputs = ["src/%.txt"]
-outputs = ["out/%.up"]
-command = "tr a-z A-Z < $< > $@"
-
-[[step]]
-name = "joined"
-inputs = ["out/*.up"]
-outputs = ["out/all.txt"]
-command = "cat $^ > $@"
-"""
-
-
 def _built(w: Watcher) -> list[str]:
     lines = w.until(lambda ln: ln.startswith("watching for changes"))
     assert not any(ln.startswith("majordomo:") for ln in lines), lines
@@ -117,29 +102,29 @@ def _built(w: Watcher) -> list[str]:
 def test_watch_rebuilds_edits_additions_deletions_and_rename_saves(tmp_path: Path) -> None:
     """Each kind of change a watch sees gives what a clean build gives: edits go the carried-over
     way, additions and deletions (which change what the pattern rule matches) the full way."""
-    project = write_project(tmp_path / "p", CHAIN, {"src/a.txt": "alpha\n", "src/b.txt": "beta\n"})
+    project = write_project(tmp_path / "p", UPPER_JOIN, {"src/a.txt": "alpha\n", "src/b.txt": "beta\n"})
     w = Watcher(project)
     try:
         assert any(ln.startswith("build ok: 3 run") for ln in _built(w))
 
         (project / "src/a.txt").write_text("edited\n")  # in place: the carried-over way
         assert any(ln.startswith("build ok: 2 run, 1 cached") for ln in _built(w))
-        assert (project / "out/all.txt").read_text() == "EDITED\nBETA\n"
+        assert (project / "build/all.txt").read_text() == "EDITED\nBETA\n"
 
         (project / "src/c.txt").write_text("gamma\n")  # a new source: a new step
         assert any(ln.startswith("build ok: 2 run") for ln in _built(w))
-        assert (project / "out/all.txt").read_text() == "EDITED\nBETA\nGAMMA\n"
+        assert (project / "build/all.txt").read_text() == "EDITED\nBETA\nGAMMA\n"
 
         (project / "src/b.txt").unlink()  # a deleted source: its step and output go
         _built(w)
-        assert (project / "out/all.txt").read_text() == "EDITED\nGAMMA\n"
-        assert not (project / "out/b.up").exists()
+        assert (project / "build/all.txt").read_text() == "EDITED\nGAMMA\n"
+        assert not (project / "build/b.up").exists()
 
         # An editor saving by rename: a new file moved over the source.
         (project / "src/.a.txt.new").write_text("renamed\n")
         os.replace(project / "src/.a.txt.new", project / "src/a.txt")
         lines = _built(w)
-        assert (project / "out/all.txt").read_text() == "RENAMED\nGAMMA\n", lines
+        assert (project / "build/all.txt").read_text() == "RENAMED\nGAMMA\n", lines
 
         (project / "src/c.txt").write_text("gamma\n")  # same bytes again: nothing runs
         assert any(ln.startswith("build ok: 0 run") for ln in _built(w))
@@ -157,7 +142,7 @@ def test_carried_changes_only_for_changes_that_keep_the_project_shape(tmp_path: 
     from majordomo.graph import BuildGraph
     from majordomo.recipes import load_project
 
-    root = write_project(tmp_path / "p", CHAIN, {"src/a.txt": "alpha\n", "notes.md": "n\n"})
+    root = write_project(tmp_path / "p", UPPER_JOIN, {"src/a.txt": "alpha\n", "notes.md": "n\n"})
     project = load_project(root)
     graph = BuildGraph(project, {})
     carry = Carryover(root, "", project, graph, graph.units(graph.select([])), ArtefactFacts())
@@ -166,15 +151,15 @@ def test_carried_changes_only_for_changes_that_keep_the_project_shape(tmp_path: 
     def at(rel: str) -> str:
         return str(root / rel)
 
-    assert watch_mod.carried_changes(carry, {(M, at("src/a.txt"))}, root) == ["src/a.txt"]
-    assert watch_mod.carried_changes(carry, {(M, at("notes.md"))}, root) == []  # read by no step
-    assert watch_mod.carried_changes(carry, {(M, at("src"))}, root) == []  # a directory's mode
+    assert watch_mod.carried_changes(carry, {(M, at("src/a.txt"))}) == ["src/a.txt"]
+    assert watch_mod.carried_changes(carry, {(M, at("notes.md"))}) == []  # read by no step
+    assert watch_mod.carried_changes(carry, {(M, at("src"))}) == []  # a directory's mode
     # A file the graph knows, deleted then added back (a rename-save): still the same shape.
-    assert watch_mod.carried_changes(carry, {(D, at("src/a.txt")), (A, at("src/a.txt"))}, root) == ["src/a.txt"]
-    assert watch_mod.carried_changes(carry, {(M, at("majordomo.toml"))}, root) is None
-    assert watch_mod.carried_changes(carry, {(A, at("src/new.txt"))}, root) is None  # the rule may match it
-    assert watch_mod.carried_changes(carry, {(A, at("notes2.md"))}, root) is None
+    assert watch_mod.carried_changes(carry, {(D, at("src/a.txt")), (A, at("src/a.txt"))}) == ["src/a.txt"]
+    assert watch_mod.carried_changes(carry, {(M, at("majordomo.toml"))}) is None
+    assert watch_mod.carried_changes(carry, {(A, at("src/new.txt"))}) is None  # the rule may match it
+    assert watch_mod.carried_changes(carry, {(A, at("notes2.md"))}) is None
     (root / "src/a.txt").unlink()
-    assert watch_mod.carried_changes(carry, {(D, at("src/a.txt"))}, root) is None
-    assert watch_mod.carried_changes(carry, set(), root) is None  # a rescan
-    assert watch_mod.carried_changes(None, {(M, at("notes.md"))}, root) is None
+    assert watch_mod.carried_changes(carry, {(D, at("src/a.txt"))}) is None
+    assert watch_mod.carried_changes(carry, set()) is None  # a rescan
+    assert watch_mod.carried_changes(None, {(M, at("notes.md"))}) is None
