@@ -20,13 +20,12 @@ RETRY = -1
 EXIT_SERVER_LOST = 1
 
 
-def build_in_resident(root: Path, argv: list[str], delta: object = None) -> int | None:
+def build_in_resident(root: Path, argv: list[str]) -> int | None:
     """Run `majordomo ARGV` (a build) in the resident build server and return its exit code,
     printing its output here; None when none runs (or it could not take the build).
 
     A server is never started from here: the in-process build checks the recipes first and starts
-    the resident federation only when a step must run, so a broken recipe starts nothing.
-    `delta` is what the no-op check found changed since the stamp (noop.check_stamp_delta)."""
+    the resident federation only when a step must run, so a broken recipe starts nothing."""
     from majordomo.resident import running
 
     state_dir = root / ".majordomo"
@@ -40,7 +39,7 @@ def build_in_resident(root: Path, argv: list[str], delta: object = None) -> int 
         except OSError:
             return None
         with sock:
-            code = _converse(sock, argv, state_dir, delta)
+            code = _converse(sock, argv, state_dir)
         if code != RETRY:
             return code
     return None
@@ -67,9 +66,9 @@ def _connect(state_dir: Path, name: str) -> socket.socket:
         os.close(fd)
 
 
-def _converse(sock: socket.socket, argv: list[str], state_dir: Path, delta: object) -> int:
+def _converse(sock: socket.socket, argv: list[str], state_dir: Path) -> int:
     request = {"argv": argv, "cwd": os.getcwd(), "out_tty": _live(sys.stdout), "err_tty": _live(sys.stderr),
-               "columns": _columns(), "delta": delta}
+               "columns": _columns()}
     # The socket stays open both ways: the server takes its closing (Ctrl-C, a killed client) as
     # "cancel the build".
     sock.sendall(json.dumps(request).encode() + b"\n")

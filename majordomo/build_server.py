@@ -6,14 +6,16 @@ cycle. So the supervisor that keeps the embedded federation up also runs builds,
 Bazel and Gradle do: the `majordomo build` command is then a thin client (majordomo/build_client.py)
 that sends its arguments over a Unix socket in `.majordomo/` and prints what comes back.
 
-Wire format, one JSON object per line. The client sends one request: `argv`, `cwd`, how its
-streams render (`out_tty`, `err_tty`, `columns`), and `delta`: null, or the no-op stamp it checked
-(`[inode, mtime_ns, size]`) with the files whose stats moved since (majordomo/carryover.py). The
-server answers with `{"o": text}` (stdout), `{"e": text}` (stderr), and last `{"exit": code}`; or
-`{"retry": true}` when it is shutting down.
+Wire format, one JSON object per line. The client sends one request: `argv`, `cwd`, and how its
+streams render (`out_tty`, `err_tty`, `columns`). The server answers with `{"o": text}` (stdout),
+`{"e": text}` (stderr), and last `{"exit": code}`; or `{"retry": true}` when it is shutting down.
 The client closing the socket (Ctrl-C) cancels its build, as Ctrl-C does in-process.
 
 Builds of the project run one at a time: a second request waits its turn, and says so.
+
+The client does not check the no-op stamp when a server runs: the server watches the project's
+directories (majordomo/tree_watch.py), so it compares with the stamp only the files that events
+named, where the client would stat them all.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from pathlib import Path
 from majordomo.build_client import socket_address
 from majordomo.federation import Federation
 from majordomo.server_memory import ServerMemory
+from majordomo.tree_watch import TreeWatch
 
 SOCKET_NAME = "build.sock"
-Delta = tuple[list[int], list[str]]  # the stamp the client checked, and the files changed since
 log = logging.getLogger(__name__)
 
 
@@ -74,9 +76,12 @@ class BuildServer:
         self.closing = False  # set while the supervisor decides to stop for idleness: refuse new work
         self._turn = asyncio.Lock()
         self.memory = ServerMemory()  # the loaded project, its state, the last build's carry-over
+        self.memory.tree = TreeWatch(str(root))
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
+        assert self.memory.tree is not None
+        self.memory.tree.start()
         path, fd = socket_address(self.state_dir, SOCKET_NAME)
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -108,12 +113,11 @@ class BuildServer:
             try:
                 request = json.loads(await reader.readline())
                 argv, cwd = list(map(str, request["argv"])), str(request["cwd"])
-                delta = _delta(request.get("delta"))
             except (ValueError, KeyError, TypeError):
                 return  # not our client: nothing to answer
             out = ForwardedStream(writer, "o", bool(request.get("out_tty")), int(request.get("columns") or 80))
             err = ForwardedStream(writer, "e", bool(request.get("err_tty")), int(request.get("columns") or 80))
-            await self._run_while_connected(reader, _Reply(writer), argv, cwd, out, err, delta)
+            await self._run_while_connected(reader, _Reply(writer), argv, cwd, out, err)
         finally:
             self.busy -= 1
             self.last_used = time.monotonic()
@@ -122,9 +126,9 @@ class BuildServer:
             writer.close()
 
     async def _run_while_connected(self, reader: asyncio.StreamReader, reply: _Reply, argv: list[str], cwd: str,
-                                   out: ForwardedStream, err: ForwardedStream, delta: Delta | None) -> None:
+                                   out: ForwardedStream, err: ForwardedStream) -> None:
         """Run the build until it is done, or cancel it if the client goes away before its answer."""
-        build = asyncio.create_task(self._build(reply, argv, cwd, out, err, delta))
+        build = asyncio.create_task(self._build(reply, argv, cwd, out, err))
         gone = asyncio.create_task(reader.read())  # the client sends nothing more: EOF means it left
         try:
             await asyncio.wait({build, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -141,14 +145,14 @@ class BuildServer:
             await reply.exit(1)
 
     async def _build(self, reply: _Reply, argv: list[str], cwd: str, out: ForwardedStream,
-                     err: ForwardedStream, delta: Delta | None) -> None:
+                     err: ForwardedStream) -> None:
         from majordomo.cli import build_in_server
 
         if self._turn.locked():
             err.write("majordomo: waiting for another build of this project to finish\n")
         async with self._turn:
             later: list[Callable[[], Awaitable[None]]] = []
-            code = await build_in_server(argv, cwd, out, err, self.federation, self.memory, later, delta)
+            code = await build_in_server(argv, cwd, out, err, self.federation, self.memory, later)
             await reply.exit(code)
             # After the answer, still in our turn: the no-op stamp may wait a clock tick for the
             # outputs just written to age (majordomo/noop.py); the client need not wait for it.
@@ -170,15 +174,6 @@ class _Reply:
         self.writer.write(json.dumps({"exit": code}).encode() + b"\n")
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
-
-
-def _delta(raw: object) -> Delta | None:
-    """The client's `[[inode, mtime_ns, size], [path, ...]]`, checked for shape."""
-    with contextlib.suppress(TypeError, ValueError):
-        ident, paths = raw  # type: ignore[misc]
-        if len(ident) == 3 and all(isinstance(n, int) for n in ident) and all(isinstance(p, str) for p in paths):
-            return list(ident), list(paths)
-    return None  # none, or not what our client sends: the server compares the stamp itself
 
 
 def _same_user(writer: asyncio.StreamWriter) -> bool:

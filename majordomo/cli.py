@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from majordomo.federation import Federation
     from majordomo.noop import ListedDirs
     from majordomo.server_memory import ServerMemory
+    from majordomo.tree_watch import TreeWatch
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -243,17 +244,18 @@ def _build(args: argparse.Namespace, argv: list[str]) -> int:
     root = args.directory.resolve()
     nats_url = args.nats or _config_nats()
     stamp_key = _stamp_key(args, nats_url)
-    delta = None
-    if stamp_key and not args.verbose:
-        steps, delta = noop.check_stamp_delta(str(root), stamp_key)
-        if steps is not None:
-            return _report_noop(args, steps)
+    # A resident build server knows from its watch what changed (majordomo/tree_watch.py): it
+    # answers a no-op sooner than this process could stat every file.
     if nats_url is None and _may_build_in_resident(args, root):
         from majordomo.build_client import build_in_resident
 
-        code = build_in_resident(root, argv, delta)
+        code = build_in_resident(root, argv)
         if code is not None:
             return code
+    if stamp_key and not args.verbose:
+        steps = noop.check_stamp(str(root), stamp_key)
+        if steps is not None:
+            return _report_noop(args, steps, sys.stdout, sys.stderr)
     noop.remove_stamp(str(root))  # the full path decides now; a failed build must leave no stamp
     return _full_build(args, nats_url, stamp_key)
 
@@ -273,17 +275,17 @@ def _may_build_in_resident(args: argparse.Namespace, root: Path) -> bool:
             and args.sftp_listen == "127.0.0.1:0" and not args.advertise and (root / args.file).is_file())
 
 
-def _report_noop(args: argparse.Namespace, steps: int) -> int:
+def _report_noop(args: argparse.Namespace, steps: int, out: TextIO, err: TextIO) -> int:
     import json
 
     summary = {"ok": True, "steps_run": 0, "steps_cached": steps, "steps_failed": 0, "steps_skipped": 0,
                "steps_visited": 0,
                "chefs": [], "files_pulled": 0, "bytes_pulled": 0, "files_local": 0, "bytes_local": 0,
                "duration_s": 0.0}
-    human = sys.stderr if args.json else sys.stdout
+    human = err if args.json else out
     print(f"build ok: nothing changed, {steps} steps up to date", file=human)
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary), file=out)
     return EXIT_OK
 
 
@@ -300,15 +302,14 @@ def _full_build(args: argparse.Namespace, nats_url: str | None, stamp_key: str |
 
 
 async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, shared: Federation,
-                          memory: ServerMemory, later: list[Callable[[], Awaitable[None]]],
-                          delta: tuple[list[int], list[str]] | None = None) -> int:
+                          memory: ServerMemory, later: list[Callable[[], Awaitable[None]]]) -> int:
     """`majordomo build ARGV` run by the resident build server on its own federation, printing to
-    the client's streams. The client has parsed ARGV and found no no-op stamp. Work the client
-    need not wait for (the stamp) is appended to `later`.
+    the client's streams. Work the client need not wait for (the stamp) is appended to `later`.
 
-    If the last build left a carry-over (majordomo/carryover.py) that still holds, only what the
-    files changed since can affect is visited. The client's `delta` (the stamp it checked and the
-    files that changed since) spares the server that comparison if it is the stamp it wrote."""
+    If the last build left a carry-over (majordomo/carryover.py) that still holds, the files whose
+    stats moved since its stamp are found (among those the tree watch named, or by stat'ing all),
+    and only what they can affect is visited; none, or only stats moved: a no-op, as the client's
+    own stamp check would say."""
     import asyncio
 
     from majordomo import noop
@@ -320,6 +321,8 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
     key = _stamp_key(args, None)
     assert key is not None
     carry, memory.carry = memory.carry, None  # consumed: only a successful build leaves a new one
+    tree = memory.tree if memory.tree is not None and memory.tree.root == str(root) else None
+    named = tree.take(carry.stamp if carry is not None else None) if tree is not None else None
     try:
         try:
             state, unchanged = await asyncio.to_thread(memory.state, root)
@@ -329,10 +332,19 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
         # -v lists every step, the unchanged ones too: only the full path visits them.
         if (unchanged and carry is not None and carry.stamp is not None and carry.root == root
                 and carry.args_key == key and not args.verbose):
-            if delta is not None and tuple(delta[0]) == carry.stamp_id and len(delta[1]) <= noop.CHANGED_MAX:
-                changed = list(delta[1])
+            if named is not None and noop.stamp_id(str(root)) == carry.stamp_id:
+                changed = noop.changed_among(str(root), carry.stamp, key, named, carry.stamp_index())
             else:
                 changed = await asyncio.to_thread(noop.changed_files, str(root), carry.stamp, key)
+            if changed is not None and await _settled(carry, changed, tree):
+                memory.carry = carry
+                return _report_noop(args, int(carry.stamp[10]), out, err)  # type: ignore[call-overload]
+        elif not args.verbose:
+            # No memory of a build to start from (a first request, or another process built since):
+            # the stamp on disk may still vouch for everything, as it would for the client.
+            steps = await asyncio.to_thread(noop.check_stamp, str(root), key)
+            if steps is not None:
+                return _report_noop(args, steps, out, err)
         listed = None
         if changed is None:
             carry = None
@@ -346,6 +358,28 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
     except UserError as exc:
         print(f"majordomo: {exc}", file=err)
         return EXIT_USAGE
+
+
+async def _settled(carry: Carryover, changed: list[str], tree: TreeWatch | None) -> bool:
+    """Whether the files `changed` since the carry-over's stamp leave every step up to date: none,
+    or only their stats moved (same bytes; the stamp then records their new stats)."""
+    import asyncio
+
+    from majordomo import noop
+
+    if not changed:
+        return True
+    base = carry.stamp
+    assert base is not None
+    settled = await asyncio.to_thread(noop.settle_touched, str(carry.root), base, changed, carry.stamp_index())
+    if settled is None:
+        return False
+    if settled is not base:  # the same files at the same positions: the stamp's index holds
+        carry.stamp, carry.stamp_id = settled, noop.stamp_id(str(carry.root))
+    if tree is not None:
+        # Stats too fresh to record leave the stamp as it was: the files are compared again next time.
+        await tree.adopt(settled, base, set(changed))
+    return True
 
 
 async def full_build(args: argparse.Namespace, project, nats_url: str | None,  # type: ignore[no-untyped-def]
@@ -395,6 +429,7 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
                 files, _ = build.stamp_inputs(build.visited)
                 data = await asyncio.to_thread(noop.refresh_stamp, root, base, files, build.written_dirs,
                                                steps, index)
+            refreshed = data is not None
             if data is None:
                 index = None
                 files, tools = build.stamp_inputs()
@@ -406,6 +441,9 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
                 kept.stamp_id = noop.stamp_id(root)
                 kept.set_stamp_index(index)
                 kept.index()  # now, while no client waits
+                if memory is not None and memory.tree is not None and memory.tree.root == root:
+                    await memory.tree.adopt(data, base if refreshed else None,
+                                            {path for path, _, _ in files} if refreshed else None)
                 await state.run(state.warm)
 
         if later is None:

@@ -22,6 +22,7 @@ import shutil
 import time
 from array import array
 from collections.abc import Mapping
+from stat import S_ISLNK
 
 STAMP_FORMAT = 4
 _FIELDS = 5  # per file in the packed stat array
@@ -329,11 +330,18 @@ def _differences(root: str, data: tuple[object, ...], args_key: str,
             moved.append((index, rel, digests[index], _stat_at(stats, index), _stat(os.path.join(root, rel))))
     finally:
         os.close(root_fd)
-    for tool, real, st in tool_stats:  # type: ignore[attr-defined]
+    if not _same_tools(tool_stats):  # type: ignore[arg-type]
+        return None
+    return moved, stats
+
+
+def _same_tools(tool_stats: list[tuple[str, str, _Stat | None]]) -> bool:
+    """Each tool is still found at the same binary, with the same stat."""
+    for tool, real, st in tool_stats:
         found = shutil.which(tool)
         if (os.path.realpath(found) if found else "") != real or (real and _stat(real) != st):
-            return None
-    return moved, stats
+            return False
+    return True
 
 
 def changed_files(root: str, data: tuple[object, ...], args_key: str, limit: int = CHANGED_MAX) -> list[str] | None:
@@ -344,46 +352,137 @@ def changed_files(root: str, data: tuple[object, ...], args_key: str, limit: int
     return None if found is None else [rel for _, rel, _, _, _ in found[0]]
 
 
+def changed_among(root: str, data: tuple[object, ...], args_key: str, candidates: set[str],
+                  index: dict[str, int] | None = None) -> list[str] | None:
+    """`changed_files` when only `candidates` can have moved (a tree watch named them: paths of
+    files and directories). The arguments, the recipe file and the tools are checked as always."""
+    try:
+        (_fmt, key, recipe_file, recipe, _paths, stats_blob, _digests, dirs_s, dirs_blob,
+         tool_stats, _steps) = data
+        assert isinstance(stats_blob, bytes) and isinstance(dirs_s, str) and isinstance(dirs_blob, bytes)
+    except (ValueError, AssertionError):
+        return None
+    if key != args_key or _stat(os.path.join(root, recipe_file)) != recipe:  # type: ignore[arg-type]
+        return None
+    dirs, dir_stats = _unpack(dirs_s, dirs_blob)
+    if candidates.intersection(dirs):
+        for position, rel in enumerate(dirs):
+            if rel in candidates and _stat(os.path.join(root, rel) if rel else root) != _stat_at(dir_stats, position):
+                return None
+    if index is None:
+        index = stamp_index(data)
+    stats = array("q")
+    stats.frombytes(stats_blob)
+    moved = [rel for rel in candidates if rel in index
+             and _stat(os.path.join(root, rel)) != _stat_at(stats, index[rel])]
+    if len(moved) > CHANGED_MAX or not _same_tools(tool_stats):  # type: ignore[arg-type]
+        return None
+    return sorted(moved)
+
+
+def stamp_dirs(data: tuple[object, ...]) -> list[str]:
+    """The project directories a stamp's data vouches for ("" is the root)."""
+    dirs_s, dirs_blob = data[7], data[8]
+    assert isinstance(dirs_s, str) and isinstance(dirs_blob, bytes)
+    return _unpack(dirs_s, dirs_blob)[0]
+
+
+def audit(root: str, data: tuple[object, ...], watched: set[str],
+          paths: set[str] | None = None) -> tuple[list[str], list[str]]:
+    """For a tree watch (majordomo/tree_watch.py) that watches the directories `watched`: the
+    stamp's files (only `paths` of them, or all and the directories too) whose stats differ from
+    the stamp now, and the files no event on their directory would report: symlinks (their
+    target changes elsewhere), files with other hard links (written through another name), and
+    files outside the watched directories."""
+    stats_blob = data[5]
+    assert isinstance(stats_blob, bytes)
+    stats = array("q")
+    stats.frombytes(stats_blob)
+    index = stamp_index(data)
+    moved: list[str] = []
+    uncovered: list[str] = []
+    for rel in (index if paths is None else paths):
+        position = index.get(rel)
+        if position is None:
+            continue
+        full = os.path.join(root, rel)
+        try:
+            st = os.lstat(full)
+            if S_ISLNK(st.st_mode):
+                uncovered.append(rel)
+                st = os.stat(full)
+            elif st.st_nlink > 1 or os.path.dirname(rel) not in watched:
+                uncovered.append(rel)
+            now: _Stat | None = stat_tuple(st)
+        except OSError:
+            now = None
+            if os.path.dirname(rel) not in watched:
+                uncovered.append(rel)
+        if now != _stat_at(stats, position):
+            moved.append(rel)
+    if paths is None:
+        dirs_s, dirs_blob = data[7], data[8]
+        assert isinstance(dirs_s, str) and isinstance(dirs_blob, bytes)
+        dirs, dir_stats = _unpack(dirs_s, dirs_blob)
+        moved += [rel for position, rel in enumerate(dirs)
+                  if _stat(os.path.join(root, rel) if rel else root) != _stat_at(dir_stats, position)]
+    return moved, uncovered
+
+
 def check_stamp(root: str, args_key: str) -> int | None:
     """The number of up-to-date steps if the stamp still vouches for everything, else None."""
-    return check_stamp_delta(root, args_key)[0]
-
-
-def check_stamp_delta(root: str, args_key: str) -> tuple[int | None, tuple[StampId, list[str]] | None]:
-    """`check_stamp`, and when it fails only because some files changed: which stamp said so and
-    those files (the resident build server, which wrote that stamp, starts from them)."""
     loaded = _load_stamp(root)
     if loaded is None:
-        return None, None
-    data, ident = loaded
+        return None
+    data, _ident = loaded
     found = _differences(root, data, args_key, CHANGED_MAX)
     if found is None:
-        return None, None
-    moved, stats = found
-    delta = (ident, [rel for _, rel, _, _, _ in moved])
-    if len(moved) > MAX_TOUCHED:
-        return None, delta
-    touched: list[tuple[int, str, str]] = []
-    for index, rel, digest, then, now in moved:
-        if now is None or then is None or not digest:
-            return None, delta
-        if now[_XBITS] != then[_XBITS] or now[0] != then[0]:
-            return None, delta  # a mode change, or other bytes for sure: the full path decides
-        touched.append((index, rel, digest))
+        return None
+    moved = [rel for _, rel, _, _, _ in found[0]]
+    if moved and settle_touched(root, data, moved) is None:
+        return None
     steps = data[10]
     assert isinstance(steps, int)
-    if touched and not _same_bytes(root, touched):
-        return None, delta
-    if touched:
-        # Still a no-op. Remember the new stats so the next check is stat-only again, but only
-        # once they are a clock tick old: a save within the same tick could keep the mtime.
-        fresh = [(index, _stat(os.path.join(root, rel))) for index, rel, _ in touched]
-        if all(st is not None and st[1] < time.time_ns() - TICK_MARGIN_NS for _, st in fresh):
-            for index, st in fresh:
-                assert st is not None
-                stats[index * _FIELDS:(index + 1) * _FIELDS] = array("q", st)
-            _dump(root, (*data[:5], stats.tobytes(), *data[6:]))
-    return steps, None
+    return steps
+
+
+def settle_touched(root: str, data: tuple[object, ...], paths: list[str],
+                   index: dict[str, int] | None = None) -> tuple[object, ...] | None:
+    """When the files `paths` of the stamp `data` moved only in their stats (`touch`, an editor's
+    save of the same text), the stamp with their new stats, written; else None (the caller builds).
+    The new stats are recorded only once a clock tick old (a save within the same tick could keep
+    the mtime); until then the stamp is left as it was, and its data returned unchanged."""
+    if not paths or len(paths) > MAX_TOUCHED:
+        return None
+    if index is None:
+        index = stamp_index(data)
+    stats_blob, digests_s = data[5], data[6]
+    assert isinstance(stats_blob, bytes) and isinstance(digests_s, str)
+    stats = array("q")
+    stats.frombytes(stats_blob)
+    digests = digests_s.split("\0")
+    touched: list[tuple[int, str, str]] = []
+    for rel in paths:
+        i = index.get(rel)
+        if i is None:
+            return None
+        then, now, digest = _stat_at(stats, i), _stat(os.path.join(root, rel)), digests[i]
+        if now is None or then is None or not digest:
+            return None
+        if now[_XBITS] != then[_XBITS] or now[0] != then[0]:
+            return None  # a mode change, or other bytes for sure: the full path decides
+        touched.append((i, rel, digest))
+    if not _same_bytes(root, touched):
+        return None
+    fresh = [(i, _stat(os.path.join(root, rel))) for i, rel, _ in touched]
+    if not all(st is not None and st[1] < time.time_ns() - TICK_MARGIN_NS for _, st in fresh):
+        return data
+    for i, st in fresh:
+        assert st is not None
+        stats[i * _FIELDS:(i + 1) * _FIELDS] = array("q", st)
+    settled = (*data[:5], stats.tobytes(), *data[6:])
+    _dump(root, settled)
+    return settled
 
 
 def _same_bytes(root: str, touched: list[tuple[int, str, str]]) -> bool:

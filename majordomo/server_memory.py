@@ -12,12 +12,14 @@ from typing import Any
 
 from majordomo.carryover import Carryover
 from majordomo.state import State
+from majordomo.tree_watch import TreeWatch
 
 
 class ServerMemory:
     def __init__(self) -> None:
         self.projects: dict[Any, Any] = {}  # the `_load` memo: (root, file, vars) -> (text, files, project)
         self.carry: Carryover | None = None
+        self.tree: TreeWatch | None = None  # the build server's watch of the project's directories
         self._state: State | None = None
         self._version = -1  # the state's data_version when we last wrote or checked it
 
@@ -45,6 +47,8 @@ class ServerMemory:
         return self._state is not None and self._state.data_version() == self._version
 
     def close(self) -> None:
+        if self.tree is not None:
+            self.tree.close()
         if self._state is not None:
             self._state.close()
             self._state = None

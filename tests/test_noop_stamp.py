@@ -101,8 +101,9 @@ def test_a_file_saved_during_the_build_is_not_vouched_for(tmp_path: Path) -> Non
 
 
 def test_a_failed_check_names_the_changed_files_and_its_stamp(tmp_path: Path) -> None:
-    """What the client hands the build server (majordomo/carryover.py): the files whose stats moved,
-    and which stamp it compared them with; nothing when a directory or the recipe changed."""
+    """What the build server starts a carried-over build from (majordomo/carryover.py): the files
+    whose stats moved since its stamp; nothing when a directory or the recipe changed. Narrowed to
+    the paths a tree watch named, the answer is the same."""
     import hashlib
     import time
 
@@ -121,17 +122,18 @@ def test_a_failed_check_names_the_changed_files_and_its_stamp(tmp_path: Path) ->
     os.utime(root, (old, old))
     data = noop.write_stamp(str(root), "key", "majordomo.toml", files, [], 3)
     assert data is not None
-    ident = noop.stamp_id(str(root))
 
     (root / "b.txt").write_text("longer than before\n")
-    steps, delta = noop.check_stamp_delta(str(root), "key")
-    assert steps is None and delta == (ident, ["b.txt"])
-    assert noop.changed_files(str(root), data, "key") == ["b.txt"]  # the server's own comparison agrees
-    assert noop.check_stamp_delta(str(root), "other args") == (None, None)
+    assert noop.check_stamp(str(root), "key") is None
+    assert noop.changed_files(str(root), data, "key") == ["b.txt"]
+    assert noop.changed_among(str(root), data, "key", {"b.txt", "c.txt", "elsewhere.txt"}) == ["b.txt"]
+    assert noop.changed_among(str(root), data, "key", {"a.txt"}) == []  # not named: not looked at
+    assert noop.changed_files(str(root), data, "other args") is None
+    assert noop.changed_among(str(root), data, "other args", {"b.txt"}) is None
 
     (root / "d.txt").write_text("new file\n")  # the directory changed: globs may see more
-    assert noop.check_stamp_delta(str(root), "key") == (None, None)
     assert noop.changed_files(str(root), data, "key") is None
+    assert noop.changed_among(str(root), data, "key", {"", "d.txt"}) is None
 
 
 def test_a_file_added_to_a_project_without_subdirectories_is_seen(tmp_path: Path) -> None:
