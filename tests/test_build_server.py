@@ -108,3 +108,33 @@ def _wait_for(condition) -> bool:  # type: ignore[no-untyped-def]
             return True
         time.sleep(0.05)
     return False
+
+
+def test_the_server_sees_edits_no_event_reports(tmp_path: Path) -> None:
+    """The server compares with the stamp only the files its inotify watch named, plus those a
+    directory watch cannot vouch for: a file with another hard link written through it, and a
+    symlink whose target changes outside the project, raise no event in the project."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "c.txt").write_text("charlie\n")
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    os.link(project / "src/b.txt", outside / "b.txt")
+    (project / "src/c.txt").symlink_to(outside / "c.txt")
+    assert majordomo(project, "build").code == 0  # in-process: it starts the resident server
+    (project / "src/a.txt").write_text("apple\n")
+    assert thin_build(project).returncode == 0  # the server's first build: it watches from here on
+    assert "nothing changed" in thin_build(project).stdout
+
+    (outside / "b.txt").write_text("bravo\n")
+    run = thin_build(project)
+    assert run.returncode == 0 and "nothing changed" not in run.stdout, run.stdout
+    assert (project / "build/all.txt").read_text() == "APPLE\nBRAVO\nCHARLIE\n"
+
+    (outside / "c.txt").write_text("chaplin\n")
+    run = thin_build(project)
+    assert run.returncode == 0 and "nothing changed" not in run.stdout, run.stdout
+    assert (project / "build/all.txt").read_text() == "APPLE\nBRAVO\nCHAPLIN\n"
+
+    (project / "src/a.txt").write_text("avocado\n")  # an ordinary edit, seen by its event
+    assert thin_build(project).returncode == 0
+    assert (project / "build/all.txt").read_text() == "AVOCADO\nBRAVO\nCHAPLIN\n"
