@@ -312,7 +312,7 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
     own stamp check would say."""
     import asyncio
 
-    from majordomo import noop
+    from majordomo import noop, tree_watch
     from majordomo.state import StateError
 
     args = build_parser("build").parse_args(argv)
@@ -333,10 +333,14 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
         if (unchanged and carry is not None and carry.stamp is not None and carry.root == root
                 and carry.args_key == key and not args.verbose):
             if named is not None and noop.stamp_id(str(root)) == carry.stamp_id:
-                changed = noop.changed_among(str(root), carry.stamp, key, named, carry.stamp_index())
+                if len(named) <= tree_watch.INLINE_COMPARE:  # a few stats: no thread hop
+                    changed = noop.changed_among(str(root), carry.stamp, key, named, carry.stamp_index())
+                else:
+                    changed = await asyncio.to_thread(noop.changed_among, str(root), carry.stamp, key, named,
+                                                      carry.stamp_index())
             else:
                 changed = await asyncio.to_thread(noop.changed_files, str(root), carry.stamp, key)
-            if changed is not None and await _settled(carry, changed, tree):
+            if changed is not None and await _settled(carry, changed, tree, later):
                 memory.carry = carry
                 return _report_noop(args, int(carry.stamp[10]), out, err)  # type: ignore[call-overload]
         elif not args.verbose:
@@ -360,7 +364,8 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
         return EXIT_USAGE
 
 
-async def _settled(carry: Carryover, changed: list[str], tree: TreeWatch | None) -> bool:
+async def _settled(carry: Carryover, changed: list[str], tree: TreeWatch | None,
+                   later: list[Callable[[], Awaitable[None]]]) -> bool:
     """Whether the files `changed` since the carry-over's stamp leave every step up to date: none,
     or only their stats moved (same bytes; the stamp then records their new stats)."""
     import asyncio
@@ -377,8 +382,12 @@ async def _settled(carry: Carryover, changed: list[str], tree: TreeWatch | None)
     if settled is not base:  # the same files at the same positions: the stamp's index holds
         carry.stamp, carry.stamp_id = settled, noop.stamp_id(str(carry.root))
     if tree is not None:
-        # Stats too fresh to record leave the stamp as it was: the files are compared again next time.
-        await tree.adopt(settled, base, set(changed))
+        # After the answer, still in this request's turn. Stats too fresh to record leave the
+        # stamp as it was: adopting it puts the files back among those compared next time.
+        async def adopt() -> None:
+            await tree.adopt(settled, base, set(changed))
+
+        later.append(adopt)
     return True
 
 

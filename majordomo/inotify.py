@@ -8,8 +8,8 @@ changed. Here every event reaches the caller, IN_Q_OVERFLOW and IN_IGNORED inclu
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+import platform
 import struct
 
 IN_MODIFY = 0x002
@@ -44,7 +44,7 @@ _libc: ctypes.CDLL | None = None
 def _lib() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc = ctypes.CDLL(None, use_errno=True)  # the C library this interpreter is linked with
         _libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
         _libc.statfs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
     return _libc
@@ -92,7 +92,9 @@ class Inotify:
 
 
 def filesystem_type(path: str) -> int:
-    """statfs(2)'s f_type for `path` (the first field of struct statfs, a C long on Linux)."""
+    """statfs(2)'s f_type for `path`: the first field of struct statfs, a C long (`__fsword_t`)
+    on Linux except s390x, where it is an unsigned int."""
     buffer = ctypes.create_string_buffer(256)  # larger than struct statfs on every Linux ABI
     _check(_lib().statfs(os.fsencode(path), buffer), f"statfs {path}")
-    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+    field = ctypes.c_uint if platform.machine() == "s390x" else ctypes.c_long
+    return field.from_buffer(buffer).value & 0xFFFFFFFF

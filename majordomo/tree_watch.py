@@ -23,6 +23,7 @@ structural change) still catches those.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import posixpath
@@ -52,6 +53,11 @@ from majordomo.inotify import (
 log = logging.getLogger(__name__)
 DIRECTORY_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
                   | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
+# A directory that refuses a watch (no permission, gone meanwhile) is left out and stat'ed at each
+# request instead; any other failure (the user's watch limit, no memory) turns the watch off.
+SKIPPABLE = frozenset({errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR})
+MAX_DIRTY = 50_000  # more paths named between two requests than this: compare everything instead
+INLINE_COMPARE = 64  # up to this many named paths are compared on the event loop, more in a thread
 Stamp = tuple[object, ...]
 
 
@@ -64,13 +70,12 @@ class TreeWatch:
         self._inotify: Inotify | None = None
         self._dir_of: dict[int, str] = {}  # watch descriptor -> project directory ("" is the root)
         self._watch_of: dict[str, int] = {}
-        self._identity: dict[str, tuple[int, int]] = {}  # directory -> (st_dev, st_ino) when watched
         self._devices: set[int] = set()  # filesystems checked to be local
         self._dirty: set[str] = set()  # paths named by events since the last `take`
-        self._lost = False  # a watch went: the next adopt watches the whole tree again
         self._unknown = True  # events may have been missed since the last `take`
+        self._whole_next = True  # the next adopt re-watches every directory and compares every file
         self._stamp: Stamp | None = None  # the stamp the watches and `_uncovered` vouch for
-        self._uncovered: set[str] = set()
+        self._uncovered: set[str] = set()  # stamp paths named at every `take`
         self._taken: set[str] = set()  # what the last `take` handed out: checked again at `adopt`
 
     def start(self) -> None:
@@ -93,7 +98,10 @@ class TreeWatch:
         dirty, self._dirty = self._dirty, set()
         unknown, self._unknown = self._unknown, False
         if unknown or self.disabled or stamp is None or stamp is not self._stamp:
+            # The caller compares everything, but its build refreshes only the stamp entries it
+            # visits: the next adopt must compare every file again to find the rest.
             self._taken = set()
+            self._whole_next = True
             return None
         self._taken = dirty | self._uncovered
         return self._taken
@@ -104,65 +112,66 @@ class TreeWatch:
         differs from it goes back to the dirty set."""
         if self.disabled or self._inotify is None:
             return
-        try:
-            # A refresh keeps its base's directories, whose watches were reconciled then.
-            whole = recheck is None or base is None or base is not self._stamp or self._lost
-            if whole:
-                # Whatever events were missed before now, the whole audit below compares every
-                # file with the stamp; an overflow from here on is flagged again.
-                self._drain()
-                self._lost = self._unknown = False
-                await asyncio.to_thread(self._reconcile, noop.stamp_dirs(stamp))
-        except OSError as exc:
-            self._disable(str(exc))
-            return
+        # A refresh keeps its base's directories, whose watches were reconciled then.
+        whole = recheck is None or base is None or base is not self._stamp or self._whole_next
+        unwatched: list[str] = []
+        if whole:
+            # Whatever events were missed before now, the whole audit below compares every file
+            # with the stamp; an overflow or a lost watch from here on is flagged again.
+            self._drain()
+            self._whole_next = self._unknown = False
+            try:
+                unwatched = await asyncio.to_thread(self._reconcile, noop.stamp_dirs(stamp))
+            except OSError as exc:
+                self._disable(str(exc))
+                return
         paths = None if whole else (recheck or set()) | self._taken
         moved, uncovered = await asyncio.to_thread(noop.audit, self.root, stamp, set(self._watch_of), paths)
         if paths is None:
-            self._uncovered = set(uncovered)
+            self._uncovered = {*uncovered, *unwatched}
         else:
             self._uncovered = (self._uncovered - paths) | set(uncovered)
         self._dirty.update(moved)
         self._taken = set()
         self._stamp = stamp
 
-    def requeue(self, paths: set[str]) -> None:
-        """Paths handed out by `take` that the caller did not settle: compare them again next time."""
-        self._dirty.update(paths)
-
-    def _reconcile(self, dirs: list[str]) -> None:
-        """Watch exactly the directories `dirs`, each at the inode it is now (a directory moved
-        away keeps its watch under its old name). In a thread: a stat and a system call per
-        directory. Raises OSError when it cannot."""
+    def _reconcile(self, dirs: list[str]) -> list[str]:
+        """Watch exactly the directories `dirs` (in a thread: a stat and a system call each), and
+        return those that refused a watch. Every one is added again: the kernel gives back the
+        same descriptor for a directory still watched, and a new one for a directory that was
+        removed and made again (even with the same inode number), or moved away and replaced.
+        Raises OSError when the watch cannot work at all."""
         inotify = self._inotify
         assert inotify is not None
         watch_of: dict[str, int] = {}
-        identity: dict[str, tuple[int, int]] = {}
+        unwatched: list[str] = []
         for rel in dirs:
             path = os.path.join(self.root, rel) if rel else self.root
             try:
                 st = os.lstat(path)
+                if not S_ISDIR(st.st_mode):
+                    continue  # replaced by a file: its parent's stat tells the comparison
+                if st.st_dev not in self._devices:
+                    kind = filesystem_type(path)
+                    if kind in REMOTE_FILESYSTEMS:
+                        raise OSError(f"{path} is on a network filesystem (type {kind:#x}): edits made on other "
+                                      "hosts raise no event here")
+                    self._devices.add(st.st_dev)
+                watch_of[rel] = inotify.add_watch(path, DIRECTORY_MASK)
             except FileNotFoundError:
                 continue  # gone already: its parent's stat tells the comparison
-            if not S_ISDIR(st.st_mode):
-                continue
-            ident = (st.st_dev, st.st_ino)
-            if self._identity.get(rel) == ident:
-                watch_of[rel], identity[rel] = self._watch_of[rel], ident
-                continue
-            if st.st_dev not in self._devices:
-                kind = filesystem_type(path)
-                if kind in REMOTE_FILESYSTEMS:
-                    raise OSError(f"{path} is on a network filesystem (type {kind:#x}): edits made on other "
-                                  "hosts raise no event here")
-                self._devices.add(st.st_dev)
-            watch_of[rel], identity[rel] = inotify.add_watch(path, DIRECTORY_MASK), ident
+            except OSError as exc:
+                if exc.errno not in SKIPPABLE:
+                    raise
+                unwatched.append(rel)
         dir_of = {wd: rel for rel, wd in watch_of.items()}
         if len(dir_of) != len(watch_of):
             raise OSError("one directory is in the project under two names (a bind mount?)")
-        for wd in set(self._dir_of) - set(dir_of):
+        stale = set(self._dir_of) - set(dir_of)
+        self._watch_of, self._dir_of = watch_of, dir_of  # before removing: their IN_IGNORED is not a loss
+        for wd in stale:
             inotify.remove_watch(wd)
-        self._watch_of, self._identity, self._dir_of = watch_of, identity, dir_of
+        return unwatched
 
     def _drain(self) -> None:
         if self._inotify is None:
@@ -175,18 +184,21 @@ class TreeWatch:
         dirty = self._dirty
         for wd, mask, name in events:
             if mask & IN_Q_OVERFLOW:
-                self._unknown = self._lost = True
+                self._unknown = True
                 continue
             rel = self._dir_of.get(wd)
             if rel is None:
                 continue
             if mask & (IN_IGNORED | IN_MOVE_SELF):
                 # Removed, unmounted, or moved (its watch now reports another path): the next
-                # comparison is a whole one, and the next whole stamp watches the tree again.
-                self._unknown = True
+                # comparison is a whole one, and the next adopt watches the tree again.
+                self._unknown = self._whole_next = True
             dirty.add(rel)  # its own stat is compared too (entries added, removed, renamed; its mode)
             if name:
                 dirty.add(posixpath.join(rel, name) if rel else name)
+        if len(dirty) > MAX_DIRTY:  # churn while idle (a package install): stop counting, compare all
+            dirty.clear()
+            self._unknown = True
 
     def _disable(self, why: str) -> None:
         if self.disabled is None:

@@ -93,8 +93,7 @@ async def test_a_lost_watch_makes_it_say_it_cannot_tell(
         watched: tuple[Path, TreeWatch, tuple[object, ...]], change: str) -> None:
     root, tree, stamp = watched
     (root / "src/sub").mkdir()
-    os.utime(root / "src", (OLD, OLD))
-    stamp = noop.write_stamp(str(root), "key", "majordomo.toml", [], [], 0) or ()
+    stamp = _restamp(root)
     await tree.adopt(stamp, None, None)
     tree.take(stamp)
     if change == "remove":
@@ -102,11 +101,52 @@ async def test_a_lost_watch_makes_it_say_it_cannot_tell(
     else:
         (root / "src/sub").rename(root / "moved")
     assert tree.take(stamp) is None
-    # The next whole stamp watches the tree as it is now, and events name paths again.
-    os.utime(root / "src", (OLD, OLD))
-    os.utime(root, (OLD, OLD))
-    stamp = noop.write_stamp(str(root), "key", "majordomo.toml", [], [], 0) or ()
+    # Made again (ext4 often gives it the same inode number): the next whole stamp watches the
+    # new directory, and events in it name paths again.
+    (root / "src/sub").mkdir()
+    stamp = _restamp(root)
     await tree.adopt(stamp, None, None)
     tree.take(stamp)
-    (root / "src/new.txt").write_text("new\n")
-    assert "src/new.txt" in (tree.take(stamp) or ())
+    (root / "src/sub/new.txt").write_text("new\n")
+    assert "src/sub/new.txt" in (tree.take(stamp) or ())
+
+
+async def test_a_directory_that_refuses_a_watch_is_compared_every_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No permission to watch one directory (EACCES; root is never refused, so it is simulated):
+    the watch still works, naming that directory and its files at every take."""
+    import errno
+
+    from majordomo.inotify import Inotify
+
+    refuse = Inotify.add_watch
+
+    def add_watch(self: Inotify, path: str, mask: int) -> int:
+        if path.endswith("/src"):
+            raise OSError(errno.EACCES, "Permission denied")
+        return refuse(self, path, mask)
+
+    monkeypatch.setattr(Inotify, "add_watch", add_watch)
+    root = tmp_path / "p"
+    stamp = _project(root, tmp_path / "outside")
+    tree = TreeWatch(str(root))
+    tree.start()
+    try:
+        await tree.adopt(stamp, None, None)
+        assert tree.disabled is None
+        named = tree.take(stamp)
+        assert named is not None and {"src", "src/a.txt", "src/b.txt", "src/c.txt"} <= named
+        (root / "src/a.txt").write_text("a, edited where no event is raised\n")
+        named = tree.take(stamp)
+        assert named is not None and noop.changed_among(str(root), stamp, "key", named) == ["src/a.txt"]
+    finally:
+        tree.close()
+
+
+def _restamp(root: Path) -> tuple[object, ...]:
+    """A stamp of no files over the project's directories as they are now (aged to be vouched for)."""
+    for directory in (root, *(p for p in root.rglob("*") if p.is_dir() and ".majordomo" not in p.parts)):
+        os.utime(directory, (OLD, OLD))
+    stamp = noop.write_stamp(str(root), "key", "majordomo.toml", [], [], 0)
+    assert stamp is not None
+    return stamp
