@@ -312,7 +312,7 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
     own stamp check would say."""
     import asyncio
 
-    from majordomo import noop, tree_watch
+    from majordomo import noop
     from majordomo.state import StateError
 
     args = build_parser("build").parse_args(argv)
@@ -321,8 +321,10 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
     key = _stamp_key(args, None)
     assert key is not None
     carry, memory.carry = memory.carry, None  # consumed: only a successful build leaves a new one
+    disk, memory.disk_stamp = memory.disk_stamp, None  # the stamp on disk, watched while no carry-over is
     tree = memory.tree if memory.tree is not None and memory.tree.root == str(root) else None
-    named = tree.take(carry.stamp if carry is not None else None) if tree is not None else None
+    vouched = carry.stamp if carry is not None else disk[0] if disk is not None else None
+    named = tree.take(vouched) if tree is not None else None
     try:
         try:
             state, unchanged = await asyncio.to_thread(memory.state, root)
@@ -332,23 +334,33 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
         # -v lists every step, the unchanged ones too: only the full path visits them.
         if (unchanged and carry is not None and carry.stamp is not None and carry.root == root
                 and carry.args_key == key and not args.verbose):
-            if named is not None and noop.stamp_id(str(root)) == carry.stamp_id:
-                if len(named) <= tree_watch.INLINE_COMPARE:  # a few stats: no thread hop
-                    changed = noop.changed_among(str(root), carry.stamp, key, named, carry.stamp_index())
-                else:
-                    changed = await asyncio.to_thread(noop.changed_among, str(root), carry.stamp, key, named,
-                                                      carry.stamp_index())
-            else:
-                changed = await asyncio.to_thread(noop.changed_files, str(root), carry.stamp, key)
-            if changed is not None and await _settled(carry, changed, tree, later):
+            base = carry.stamp
+            changed = await _changed_since(root, base, carry.stamp_id, key, named, carry.stamp_index())
+            if changed is not None and (settled := await _settled(root, base, changed, tree, later)) is not None:
+                if settled is not base:  # the same files at the same positions: the stamp's index holds
+                    carry.stamp, carry.stamp_id = settled, noop.stamp_id(str(root))
                 memory.carry = carry
-                return _report_noop(args, int(carry.stamp[10]), out, err)  # type: ignore[call-overload]
+                return _report_noop(args, int(settled[10]), out, err)  # type: ignore[call-overload]
         elif not args.verbose:
             # No memory of a build to start from (a first request, or another process built since):
-            # the stamp on disk may still vouch for everything, as it would for the client.
-            steps = await asyncio.to_thread(noop.check_stamp, str(root), key)
-            if steps is not None:
-                return _report_noop(args, steps, out, err)
+            # the stamp on disk may still vouch for everything, as it would for the client. Once
+            # checked, the watch adopts it, and the next requests compare only what events name.
+            found = None
+            if disk is not None:
+                moved = await _changed_since(root, disk[0], disk[1], key, named, None)
+                if moved is not None and (settled := await _settled(root, disk[0], moved, tree, later)) is not None:
+                    found = (settled, disk[1] if settled is disk[0] else noop.stamp_id(str(root)))
+            elif (found := await asyncio.to_thread(noop.vouching_stamp, str(root), key)) is not None and tree:
+                whole = found[0]
+
+                async def adopt() -> None:
+                    await tree.adopt(whole, None, None)
+
+                later.append(adopt)
+            if found is not None:
+                if found[1] is not None:
+                    memory.disk_stamp = (found[0], found[1])
+                return _report_noop(args, int(found[0][10]), out, err)  # type: ignore[call-overload]
         listed = None
         if changed is None:
             carry = None
@@ -364,23 +376,36 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
         return EXIT_USAGE
 
 
-async def _settled(carry: Carryover, changed: list[str], tree: TreeWatch | None,
-                   later: list[Callable[[], Awaitable[None]]]) -> bool:
-    """Whether the files `changed` since the carry-over's stamp leave every step up to date: none,
-    or only their stats moved (same bytes; the stamp then records their new stats)."""
+async def _changed_since(root: Path, stamp: tuple[object, ...], ident: object, key: str, named: set[str] | None,
+                         index: dict[str, int] | None) -> list[str] | None:
+    """The files whose stats moved since `stamp` (file identity `ident`): among the paths the tree
+    watch `named` when it could tell and the stamp is still that file, else by stat'ing them all.
+    None: something structural changed."""
+    import asyncio
+
+    from majordomo import noop, tree_watch
+
+    if named is not None and noop.stamp_id(str(root)) == ident:
+        if len(named) <= tree_watch.INLINE_COMPARE:  # a few stats: no thread hop
+            return noop.changed_among(str(root), stamp, key, named, index)
+        return await asyncio.to_thread(noop.changed_among, str(root), stamp, key, named, index)
+    return await asyncio.to_thread(noop.changed_files, str(root), stamp, key)
+
+
+async def _settled(root: Path, base: tuple[object, ...], changed: list[str], tree: TreeWatch | None,
+                   later: list[Callable[[], Awaitable[None]]]) -> tuple[object, ...] | None:
+    """The stamp that vouches for everything when the files `changed` since `base` leave every step
+    up to date: none changed, or only their stats moved (same bytes; the stamp, rewritten, then
+    records their new stats). None when a build must run."""
     import asyncio
 
     from majordomo import noop
 
     if not changed:
-        return True
-    base = carry.stamp
-    assert base is not None
-    settled = await asyncio.to_thread(noop.settle_touched, str(carry.root), base, changed, carry.stamp_index())
+        return base
+    settled = await asyncio.to_thread(noop.settle_touched, str(root), base, changed)
     if settled is None:
-        return False
-    if settled is not base:  # the same files at the same positions: the stamp's index holds
-        carry.stamp, carry.stamp_id = settled, noop.stamp_id(str(carry.root))
+        return None
     if tree is not None:
         # After the answer, still in this request's turn. Stats too fresh to record leave the
         # stamp as it was: adopting it puts the files back among those compared next time.
@@ -388,7 +413,7 @@ async def _settled(carry: Carryover, changed: list[str], tree: TreeWatch | None,
             await tree.adopt(settled, base, set(changed))
 
         later.append(adopt)
-    return True
+    return settled
 
 
 async def full_build(args: argparse.Namespace, project, nats_url: str | None,  # type: ignore[no-untyped-def]

@@ -431,19 +431,31 @@ def audit(root: str, data: tuple[object, ...], watched: set[str],
 
 def check_stamp(root: str, args_key: str) -> int | None:
     """The number of up-to-date steps if the stamp still vouches for everything, else None."""
+    found = vouching_stamp(root, args_key)
+    if found is None:
+        return None
+    steps = found[0][10]
+    assert isinstance(steps, int)
+    return steps
+
+
+def vouching_stamp(root: str, args_key: str) -> tuple[tuple[object, ...], StampId | None] | None:
+    """The stamp's data and file identity if it still vouches for everything (files whose stats
+    alone moved are recorded anew), else None."""
     loaded = _load_stamp(root)
     if loaded is None:
         return None
-    data, _ident = loaded
+    data, ident = loaded
     found = _differences(root, data, args_key, CHANGED_MAX)
     if found is None:
         return None
     moved = [rel for _, rel, _, _, _ in found[0]]
-    if moved and settle_touched(root, data, moved) is None:
+    if not moved:
+        return data, ident
+    settled = settle_touched(root, data, moved)
+    if settled is None:
         return None
-    steps = data[10]
-    assert isinstance(steps, int)
-    return steps
+    return settled, ident if settled is data else stamp_id(root)
 
 
 def settle_touched(root: str, data: tuple[object, ...], paths: list[str],

@@ -20,6 +20,8 @@ class ServerMemory:
         self.projects: dict[Any, Any] = {}  # the `_load` memo: (root, file, vars) -> (text, files, project)
         self.carry: Carryover | None = None
         self.tree: TreeWatch | None = None  # the build server's watch of the project's directories
+        # With no carry-over: the stamp on disk that vouched for everything, and its file identity.
+        self.disk_stamp: tuple[tuple[object, ...], tuple[int, int, int]] | None = None
         self._state: State | None = None
         self._version = -1  # the state's data_version when we last wrote or checked it
 
@@ -53,3 +55,4 @@ class ServerMemory:
             self._state.close()
             self._state = None
         self.carry = None
+        self.disk_stamp = None

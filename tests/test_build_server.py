@@ -138,3 +138,25 @@ def test_the_server_sees_edits_no_event_reports(tmp_path: Path) -> None:
     (project / "src/a.txt").write_text("avocado\n")  # an ordinary edit, seen by its event
     assert thin_build(project).returncode == 0
     assert (project / "build/all.txt").read_text() == "AVOCADO\nBRAVO\nCHAPLIN\n"
+
+
+def test_a_server_with_no_build_of_its_own_answers_no_ops_and_sees_edits(tmp_path: Path) -> None:
+    """Right after the first (in-process) build the server has no memory of a build: it checks the
+    stamp on disk, then watches it, so later no-ops compare only what events name; an edit, or a
+    write through another hard link (no event), still rebuilds."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    os.link(project / "src/b.txt", outside / "b.txt")
+    assert majordomo(project, "build").code == 0
+    assert "nothing changed" in thin_build(project).stdout  # the stamp on disk, checked whole
+    assert "nothing changed" in thin_build(project).stdout  # the same stamp, now watched
+    (outside / "b.txt").write_text("bravo\n")
+    run = thin_build(project)
+    assert run.returncode == 0 and "nothing changed" not in run.stdout, run.stdout
+    assert (project / "build/all.txt").read_text() == "ALPHA\nBRAVO\n"
+    assert "nothing changed" in thin_build(project).stdout
+    (project / "src/a.txt").write_text("apple\n")
+    run = thin_build(project)
+    assert run.returncode == 0 and "nothing changed" not in run.stdout, run.stdout
+    assert (project / "build/all.txt").read_text() == "APPLE\nBRAVO\n"
