@@ -66,7 +66,7 @@ def fingerprint() -> str:
     """Which code a federation runs: the interpreter and every module's size and mtime. A build
     never joins chefs that run other code than its own."""
     root = Path(__file__).resolve().parent.parent
-    parts = [sys.executable]
+    parts = [os.path.realpath(sys.executable)]  # `python` and `python3.11` are one interpreter
     for package in _PACKAGES:
         with contextlib.suppress(OSError):
             for entry in sorted(os.scandir(root / package), key=lambda e: e.name):
