@@ -56,12 +56,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     full = command is None or command not in _SUBCOMMANDS
     for name, (help_text, add_arguments) in _SUBCOMMANDS.items():
-        if name in _HEAVY_COMMANDS:
-            if name == command:
-                __import__(_HEAVY_COMMANDS[name][0], fromlist=["add_parser"]).add_parser(sub)
-            else:
-                sub.add_parser(name, help=help_text, add_help=False)
-        elif full or name == command:
+        if add_arguments is None and name == command:
+            __import__(_HEAVY_COMMANDS[name][0], fromlist=["add_parser"]).add_parser(sub)
+        elif add_arguments is not None and (full or name == command):
             add_arguments(sub.add_parser(name, help=help_text))
         else:
             sub.add_parser(name, help=help_text, add_help=False)
@@ -130,16 +127,12 @@ def _log_arguments(lg: argparse.ArgumentParser) -> None:
     lg.add_argument("-C", dest="directory", type=Path, default=Path("."))
 
 
-def _no_arguments(_p: argparse.ArgumentParser) -> None:
-    pass  # a heavy command's module adds its own
-
-
-# Name -> (help, what adds its arguments), in the order `majordomo --help` lists them.
-_SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+# Name -> (help, what adds its arguments; None: its module's add_parser), in `majordomo --help`'s order.
+_SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None] | None]] = {
     "build": ("build targets (default: the project's defaults, else everything)", _build_arguments),
     "watch": ("build, then rebuild whenever a file changes (Ctrl-C stops)", _watch_arguments),
     "explain": ("say why each step would run, or that it is up to date", _explain_arguments),
-    **{name: (help_text, _no_arguments) for name, (_module, help_text) in _HEAVY_COMMANDS.items()},
+    **{name: (help_text, None) for name, (_module, help_text) in _HEAVY_COMMANDS.items()},
     "owners": ("show which pods hold an artefact (by path or digest)", _owners_arguments),
     "stop": ("stop this project's resident embedded federation (NATS and local chefs)", _directory_argument),
     "log": ("show the stored output of a step's last run", _log_arguments),
@@ -521,7 +514,8 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
                 kept.index()  # now, while no client waits
                 if memory is not None and memory.tree is not None and memory.tree.root == root:
                     await memory.tree.adopt(data, base if refreshed else None,
-                                            {path for path, _, _ in files} if refreshed else None)
+                                            {path for path, _, _ in files} if refreshed else None,
+                                            kept.stamp_index())
                 await state.run(state.warm)
 
         if later is None:

@@ -38,11 +38,9 @@ _XBITS = 4
 
 def _stat(path: str) -> _Stat | None:
     try:
-        st = os.stat(path)
+        return stat_tuple(os.stat(path))
     except OSError:
         return None
-    # The executable bits are part of action keys (`./run.sh` must run): a chmod is a change.
-    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_mode & 0o111)
 
 
 def stamp_path(root: str) -> str:
@@ -84,6 +82,7 @@ StampFile = tuple[str, str, tuple[int, int, int, int] | None]  # path, digest, s
 
 
 def stat_tuple(st: os.stat_result) -> _Stat:
+    # The executable bits are part of action keys (`./run.sh` must run): a chmod is a change.
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_mode & 0o111)
 
 
@@ -177,9 +176,7 @@ def refresh_stamp(root: str, data: tuple[object, ...], files: list[StampFile], w
 
 def listed_from(data: tuple[object, ...], at_ns: int) -> ListedDirs:
     """A stamp's directory stats as a listing taken at `at_ns` (they held then: the check said so)."""
-    dirs_s, dirs_blob = data[7], data[8]
-    assert isinstance(dirs_s, str) and isinstance(dirs_blob, bytes)
-    dirs, stats = _unpack(dirs_s, dirs_blob)
+    dirs, stats = _stamp_dir_columns(data)
     listed = ListedDirs()
     listed.at_ns = at_ns
     listed.stats = {d: _stat_at(stats, i) for i, d in enumerate(dirs)}
@@ -282,11 +279,10 @@ def stamp_id(root: str) -> StampId | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _differences(root: str, data: tuple[object, ...], args_key: str,
-                 limit: int) -> tuple[list[tuple[int, str, str, _Stat | None, _Stat | None]], array[int]] | None:
-    """Files whose stats moved since the stamp: (index, path, digest, then, now) for each, and the
-    stamp's stat array. None when more than that changed: the arguments, the recipe file, a
-    directory (a file added, removed or renamed), a tool, or more than `limit` files."""
+def changed_files(root: str, data: tuple[object, ...], args_key: str, limit: int = CHANGED_MAX) -> list[str] | None:
+    """The files among those a stamp's data vouches for whose stats changed since, or None when
+    more than that changed: the arguments, the recipe file, a directory (a file added, removed or
+    renamed), a tool, or more than `limit` files."""
     try:
         (_fmt, key, recipe_file, recipe, paths_s, stats_blob, digests_s, dirs_s, dirs_blob,
          tool_stats, _steps) = data
@@ -299,14 +295,14 @@ def _differences(root: str, data: tuple[object, ...], args_key: str,
     for index, rel in enumerate(dirs):
         if _stat(os.path.join(root, rel) if rel else root) != _stat_at(dir_stats, index):
             return None
-    digests = digests_s.split("\0") if paths else []  # type: ignore[union-attr]
-    moved: list[tuple[int, str, str, _Stat | None, _Stat | None]] = []
+    digests = digests_s.count("\0") + 1 if paths else 0  # type: ignore[union-attr]
+    moved: list[str] = []
     # The hot loop of every no-op: 10,000 stats take ~14 ms of syscalls, so the Python around them
     # must stay thin (columns zipped, fields compared in place, no tuple per file: 18 -> 10 ms).
     # Relative to the root's descriptor: the kernel walks only the path below it (~15% faster).
     stat = os.stat
     columns = stats.tolist()
-    if len(columns) != len(paths) * _FIELDS or len(digests) != len(paths):
+    if len(columns) != len(paths) * _FIELDS or digests != len(paths):
         return None  # a damaged stamp vouches for nothing
     rows = zip(paths, columns[0::_FIELDS], columns[1::_FIELDS], columns[2::_FIELDS], columns[3::_FIELDS],
                columns[4::_FIELDS], strict=True)
@@ -315,7 +311,7 @@ def _differences(root: str, data: tuple[object, ...], args_key: str,
     except OSError:
         return None
     try:
-        for index, (rel, size, mtime, ino, ctime, xbits) in enumerate(rows):
+        for rel, size, mtime, ino, ctime, xbits in rows:
             try:
                 st = stat(rel, dir_fd=root_fd)
             except OSError:
@@ -327,12 +323,12 @@ def _differences(root: str, data: tuple[object, ...], args_key: str,
                     continue
             if len(moved) >= limit:
                 return None
-            moved.append((index, rel, digests[index], _stat_at(stats, index), _stat(os.path.join(root, rel))))
+            moved.append(rel)
     finally:
         os.close(root_fd)
     if not _same_tools(tool_stats):  # type: ignore[arg-type]
         return None
-    return moved, stats
+    return moved
 
 
 def _same_tools(tool_stats: list[tuple[str, str, _Stat | None]]) -> bool:
@@ -342,14 +338,6 @@ def _same_tools(tool_stats: list[tuple[str, str, _Stat | None]]) -> bool:
         if (os.path.realpath(found) if found else "") != real or (real and _stat(real) != st):
             return False
     return True
-
-
-def changed_files(root: str, data: tuple[object, ...], args_key: str, limit: int = CHANGED_MAX) -> list[str] | None:
-    """The files among those a stamp's data vouches for whose stats changed since, or None when
-    something structural changed too (see `_differences`). The resident build server asks this
-    of the stamp it wrote itself, to rebuild from what changed without walking the project."""
-    found = _differences(root, data, args_key, limit)
-    return None if found is None else [rel for _, rel, _, _, _ in found[0]]
 
 
 def changed_among(root: str, data: tuple[object, ...], args_key: str, candidates: set[str],
@@ -365,10 +353,9 @@ def changed_among(root: str, data: tuple[object, ...], args_key: str, candidates
     if key != args_key or _stat(os.path.join(root, recipe_file)) != recipe:  # type: ignore[arg-type]
         return None
     dirs, dir_stats = _unpack(dirs_s, dirs_blob)
-    if candidates.intersection(dirs):
-        for position, rel in enumerate(dirs):
-            if rel in candidates and _stat(os.path.join(root, rel) if rel else root) != _stat_at(dir_stats, position):
-                return None
+    for position, rel in enumerate(dirs):
+        if rel in candidates and _stat(os.path.join(root, rel) if rel else root) != _stat_at(dir_stats, position):
+            return None
     if index is None:
         index = stamp_index(data)
     stats = array("q")
@@ -382,23 +369,29 @@ def changed_among(root: str, data: tuple[object, ...], args_key: str, candidates
 
 def stamp_dirs(data: tuple[object, ...]) -> list[str]:
     """The project directories a stamp's data vouches for ("" is the root)."""
+    return _stamp_dir_columns(data)[0]
+
+
+def _stamp_dir_columns(data: tuple[object, ...]) -> tuple[list[str], array[int]]:
+    """A stamp's directories and their packed stats."""
     dirs_s, dirs_blob = data[7], data[8]
     assert isinstance(dirs_s, str) and isinstance(dirs_blob, bytes)
-    return _unpack(dirs_s, dirs_blob)[0]
+    return _unpack(dirs_s, dirs_blob)
 
 
-def audit(root: str, data: tuple[object, ...], watched: set[str],
-          paths: set[str] | None = None) -> tuple[list[str], list[str]]:
+def audit(root: str, data: tuple[object, ...], watched: set[str], paths: set[str] | None = None,
+          index: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
     """For a tree watch (majordomo/tree_watch.py) that watches the directories `watched`: the
     stamp's files (only `paths` of them, or all and the directories too) whose stats differ from
     the stamp now, and the files no event on their directory would report: symlinks (their
     target changes elsewhere), files with other hard links (written through another name), and
-    files outside the watched directories."""
+    files outside the watched directories. `index`: the stamp's, if the caller has it."""
     stats_blob = data[5]
     assert isinstance(stats_blob, bytes)
     stats = array("q")
     stats.frombytes(stats_blob)
-    index = stamp_index(data)
+    if index is None:
+        index = stamp_index(data)
     moved: list[str] = []
     uncovered: list[str] = []
     for rel in (index if paths is None else paths):
@@ -421,9 +414,7 @@ def audit(root: str, data: tuple[object, ...], watched: set[str],
         if now != _stat_at(stats, position):
             moved.append(rel)
     if paths is None:
-        dirs_s, dirs_blob = data[7], data[8]
-        assert isinstance(dirs_s, str) and isinstance(dirs_blob, bytes)
-        dirs, dir_stats = _unpack(dirs_s, dirs_blob)
+        dirs, dir_stats = _stamp_dir_columns(data)
         moved += [rel for position, rel in enumerate(dirs)
                   if _stat(os.path.join(root, rel) if rel else root) != _stat_at(dir_stats, position)]
     return moved, uncovered
@@ -446,10 +437,9 @@ def vouching_stamp(root: str, args_key: str) -> tuple[tuple[object, ...], StampI
     if loaded is None:
         return None
     data, ident = loaded
-    found = _differences(root, data, args_key, CHANGED_MAX)
-    if found is None:
+    moved = changed_files(root, data, args_key)
+    if moved is None:
         return None
-    moved = [rel for _, rel, _, _, _ in found[0]]
     if not moved:
         return data, ident
     settled = settle_touched(root, data, moved)
@@ -458,16 +448,14 @@ def vouching_stamp(root: str, args_key: str) -> tuple[tuple[object, ...], StampI
     return settled, ident if settled is data else stamp_id(root)
 
 
-def settle_touched(root: str, data: tuple[object, ...], paths: list[str],
-                   index: dict[str, int] | None = None) -> tuple[object, ...] | None:
+def settle_touched(root: str, data: tuple[object, ...], paths: list[str]) -> tuple[object, ...] | None:
     """When the files `paths` of the stamp `data` moved only in their stats (`touch`, an editor's
     save of the same text), the stamp with their new stats, written; else None (the caller builds).
     The new stats are recorded only once a clock tick old (a save within the same tick could keep
     the mtime); until then the stamp is left as it was, and its data returned unchanged."""
     if not paths or len(paths) > MAX_TOUCHED:
         return None
-    if index is None:
-        index = stamp_index(data)
+    index = stamp_index(data)
     stats_blob, digests_s = data[5], data[6]
     assert isinstance(stats_blob, bytes) and isinstance(digests_s, str)
     stats = array("q")

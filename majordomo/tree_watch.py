@@ -106,10 +106,11 @@ class TreeWatch:
         self._taken = dirty | self._uncovered
         return self._taken
 
-    async def adopt(self, stamp: Stamp, base: Stamp | None, recheck: set[str] | None) -> None:
+    async def adopt(self, stamp: Stamp, base: Stamp | None, recheck: set[str] | None,
+                    index: dict[str, int] | None = None) -> None:
         """Vouch for `stamp`, just written: a refresh of `base` at the paths `recheck` (None: a
         whole new stamp). Watches are added for its new directories; a path whose stat already
-        differs from it goes back to the dirty set."""
+        differs from it goes back to the dirty set. `index`: the stamp's path index, if known."""
         if self.disabled or self._inotify is None:
             return
         # A refresh keeps its base's directories, whose watches were reconciled then.
@@ -126,7 +127,7 @@ class TreeWatch:
                 self._disable(str(exc))
                 return
         paths = None if whole else (recheck or set()) | self._taken
-        moved, uncovered = await asyncio.to_thread(noop.audit, self.root, stamp, set(self._watch_of), paths)
+        moved, uncovered = await asyncio.to_thread(noop.audit, self.root, stamp, set(self._watch_of), paths, index)
         if paths is None:
             self._uncovered = {*uncovered, *unwatched}
         else:
