@@ -270,8 +270,6 @@ def _check_normalisers(project) -> None:  # type: ignore[no-untyped-def]
 
 
 def _build(args: argparse.Namespace, argv: list[str]) -> int:
-    from majordomo import noop
-
     root = args.directory.resolve()
     nats_url = args.nats or _config_nats()
     stamp_key = _stamp_key(args, nats_url)
@@ -283,6 +281,8 @@ def _build(args: argparse.Namespace, argv: list[str]) -> int:
         code = build_in_resident(root, argv)
         if code is not None:
             return code
+    from majordomo import noop
+
     if stamp_key and not args.verbose:
         steps = noop.check_stamp(str(root), stamp_key)
         if steps is not None:
@@ -366,8 +366,9 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
         if (unchanged and carry is not None and carry.stamp is not None and carry.root == root
                 and carry.args_key == key and not args.verbose):
             base = carry.stamp
-            changed = await _changed_since(root, base, carry.stamp_id, key, named, carry.stamp_index())
-            if changed is not None and (settled := await _settled(root, base, changed, tree, later)) is not None:
+            index = carry.stamp_index()
+            changed = await _changed_since(root, base, carry.stamp_id, key, named, index)
+            if changed is not None and (settled := await _settled(root, base, changed, tree, later, index)) is not None:
                 if settled is not base:  # the same files at the same positions: the stamp's index holds
                     carry.stamp, carry.stamp_id = settled, noop.stamp_id(str(root))
                 memory.carry = carry
@@ -430,17 +431,23 @@ async def _changed_since(root: Path, stamp: tuple[object, ...], ident: object, k
 
 
 async def _settled(root: Path, base: tuple[object, ...], changed: list[str], tree: TreeWatch | None,
-                   later: list[Callable[[], Awaitable[None]]]) -> tuple[object, ...] | None:
+                   later: list[Callable[[], Awaitable[None]]],
+                   index: dict[str, int] | None = None) -> tuple[object, ...] | None:
     """The stamp that vouches for everything when the files `changed` since `base` leave every step
     up to date: none changed, or only their stats moved (same bytes; the stamp, rewritten, then
-    records their new stats). None when a build must run."""
+    records their new stats). None when a build must run. `index`: the stamp's path positions,
+    when kept."""
     import asyncio
 
-    from majordomo import noop
+    from majordomo import noop, tree_watch
 
     if not changed:
         return base
-    settled = await asyncio.to_thread(noop.settle_touched, str(root), base, changed)
+    if len(changed) <= tree_watch.INLINE_COMPARE:  # a few stats: no thread hop to find other bytes
+        touched = noop.touched_only(str(root), base, changed, index)
+        settled = None if touched is None else await asyncio.to_thread(noop.settle, str(root), base, touched)
+    else:
+        settled = await asyncio.to_thread(noop.settle_touched, str(root), base, changed, index)
     if settled is None:
         return None
     if tree is not None:

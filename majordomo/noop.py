@@ -448,32 +448,50 @@ def vouching_stamp(root: str, args_key: str) -> tuple[tuple[object, ...], StampI
     return settled, ident if settled is data else stamp_id(root)
 
 
-def settle_touched(root: str, data: tuple[object, ...], paths: list[str]) -> tuple[object, ...] | None:
+def settle_touched(root: str, data: tuple[object, ...], paths: list[str],
+                   index: dict[str, int] | None = None) -> tuple[object, ...] | None:
     """When the files `paths` of the stamp `data` moved only in their stats (`touch`, an editor's
     save of the same text), the stamp with their new stats, written; else None (the caller builds).
     The new stats are recorded only once a clock tick old (a save within the same tick could keep
-    the mtime); until then the stamp is left as it was, and its data returned unchanged."""
+    the mtime); until then the stamp is left as it was, and its data returned unchanged. `index`:
+    the stamp's path positions, when the caller keeps them."""
+    touched = touched_only(root, data, paths, index)
+    return None if touched is None else settle(root, data, touched)
+
+
+def touched_only(root: str, data: tuple[object, ...], paths: list[str],
+                 index: dict[str, int] | None = None) -> list[tuple[int, str, str]] | None:
+    """(position, path, recorded digest) of `paths` when each may still hold the bytes the stamp
+    recorded (same size and mode: only a digest can tell); None when one surely changed. A stat
+    each, so a caller with a few paths needs no thread for it."""
     if not paths or len(paths) > MAX_TOUCHED:
         return None
-    index = stamp_index(data)
+    index = stamp_index(data) if index is None else index
     stats_blob, digests_s = data[5], data[6]
     assert isinstance(stats_blob, bytes) and isinstance(digests_s, str)
     stats = array("q")
     stats.frombytes(stats_blob)
-    digests = digests_s.split("\0")
-    touched: list[tuple[int, str, str]] = []
+    positions: list[tuple[int, str]] = []
     for rel in paths:
         i = index.get(rel)
         if i is None:
             return None
-        then, now, digest = _stat_at(stats, i), _stat(os.path.join(root, rel)), digests[i]
-        if now is None or then is None or not digest:
-            return None
-        if now[_XBITS] != then[_XBITS] or now[0] != then[0]:
-            return None  # a mode change, or other bytes for sure: the full path decides
-        touched.append((i, rel, digest))
+        then, now = _stat_at(stats, i), _stat(os.path.join(root, rel))
+        if now is None or then is None or now[_XBITS] != then[_XBITS] or now[0] != then[0]:
+            return None  # gone, a mode change, or other bytes for sure: the full path decides
+        positions.append((i, rel))
+    digests = digests_s.split("\0")  # only now: most edits change the size, and 10,000 digests take a while
+    touched = [(i, rel, digests[i]) for i, rel in positions]
+    return touched if all(digest for _, _, digest in touched) else None
+
+
+def settle(root: str, data: tuple[object, ...], touched: list[tuple[int, str, str]]) -> tuple[object, ...] | None:
+    """`settle_touched` once `touched_only` found the candidates: hashes them (a subprocess, so
+    run it in a thread)."""
     if not _same_bytes(root, touched):
         return None
+    stats = array("q")
+    stats.frombytes(data[5])  # type: ignore[arg-type]
     fresh = [(i, _stat(os.path.join(root, rel))) for i, rel, _ in touched]
     if not all(st is not None and st[1] < time.time_ns() - TICK_MARGIN_NS for _, st in fresh):
         return data
