@@ -57,7 +57,6 @@ from protocol.messages import (
 
 log = logging.getLogger("chef")
 HEARTBEAT_S = 2.0
-REGISTRY_TTL_S = 10.0
 SERVICE_VERSION = "0.1.0"
 RECOUNT_BEATS = 150  # heartbeats between walks of the store to recount its bytes
 
@@ -188,7 +187,8 @@ class Chef:
         write only once the registry's stream has elected a leader whose interest reached our node."""
         assert self._nc
         if self._kv is None:
-            self._kv = await kv_bucket(self._nc, subjects.chefs_bucket(self.config.federation), ttl=REGISTRY_TTL_S)
+            self._kv = await kv_bucket(self._nc, subjects.chefs_bucket(self.config.federation),
+                                       ttl=subjects.REGISTRY_TTL_S)
         if self._maps is None:
             self._maps = await FederationMaps(self._nc, self.config.federation).open()
             self._writes = MapWrites(self._maps)

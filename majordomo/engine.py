@@ -905,10 +905,7 @@ class Build:
                 self._leases = Leases(fed.nc, subjects.chefs_bucket(self.options.federation),
                                       self.options.lease_s, on_lost=self._chef_lost, on_back=self._chef_back)
                 await self._leases.start(c.id for c in self._chefs)
-                from artefacts.ownership import FederationMaps
-
-                assert fed.nc
-                self._maps = await FederationMaps(fed.nc, self.options.federation).open()
+                self._maps = await fed.maps(self.options.federation)
                 if fed.puller:
                     self._pulled_base = _fetch_counters(fed.puller)
                 if self.options.dashboard_port is not None and fed.dashboard is None:

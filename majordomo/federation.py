@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -20,21 +19,21 @@ from nats.aio.client import Client as NATS
 from artefacts.keys import load_or_create_key, public_key_line
 from artefacts.lifeline import die_with_parent
 from artefacts.mapwrites import FLUSH_S, MapWrites
-from artefacts.natsutil import EmbeddedNats, NatsUnreachable, connect, kv_bucket, kv_keys, local_address_towards
+from artefacts.natsutil import EmbeddedNats, NatsUnreachable, connect, kv_bucket, local_address_towards
 from artefacts.ownership import FederationMaps
 from artefacts.samehost import workspace_access
 from artefacts.sftp_client import Puller
 from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
+from majordomo.chef_registry import ChefRegistry
 from majordomo.latch import Latch
 from majordomo.resident import idle_seconds, join_or_start, stop_resident
 from protocol import subjects
 from protocol.kinds import KNOWN_KINDS
-from protocol.messages import ChefInfo, Pod, SftpEndpoint, decoder
+from protocol.messages import ChefInfo, Pod, SftpEndpoint
 
 EMBEDDED_CHEFS = 2
 CHEF_START_TIMEOUT_S = 30.0
-_decode_chef = decoder(ChefInfo)
 
 
 class FederationError(Exception):
@@ -136,7 +135,8 @@ class Federation:
         self.sftp: ArtefactServer | None = None
         self.puller: Puller | None = None
         self.pod: Pod | None = None
-        self._chefs_kv = None
+        self._registry: ChefRegistry | None = None
+        self._maps: dict[str, FederationMaps] = {}  # federation name -> its opened shared maps
         self.dashboard = None  # the live page, when asked for; lives as long as this federation
         # Set (and replaced by a fresh one) each time the NATS connection comes back after a failover:
         # replies published while we were away are lost, so whoever waits for one asks again.
@@ -198,7 +198,8 @@ class Federation:
                 url = await self.embedded.start()
             self.nc = await connect(url, f"majordomo:{self.pod_id}", on_reconnect=self._on_reconnect)
         try:
-            self._chefs_kv = await kv_bucket(self.nc, subjects.chefs_bucket(self.federation), ttl=10.0)
+            chefs_kv = await kv_bucket(self.nc, subjects.chefs_bucket(self.federation), ttl=subjects.REGISTRY_TTL_S)
+            self._registry = ChefRegistry(self.nc, self.federation, chefs_kv)
         except (nats.errors.Error, TimeoutError) as exc:
             where = self.nc.connected_url.geturl() if self.nc.connected_url else (url or "the NATS server")
             raise FederationError(f"JetStream at {where} did not answer ({type(exc).__name__}): the federation's "
@@ -224,6 +225,8 @@ class Federation:
         raise AssertionError("unreachable")
 
     async def _on_reconnect(self) -> None:
+        if self._registry:
+            self._registry.relist()
         came_back, self.reconnected = self.reconnected, Latch()
         came_back.set()
         if self._writes:
@@ -238,15 +241,15 @@ class Federation:
 
     async def chefs(self) -> list[ChefInfo]:
         """The chefs registered now (their registry entries expire when heartbeats stop)."""
-        assert self._chefs_kv and self.nc
-        found: list[ChefInfo] = []
-        for key in await kv_keys(self.nc, subjects.chefs_bucket(self.federation)):
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError,
-                                     msgspec.DecodeError):
-                entry = await self._chefs_kv.get(key)
-                if entry.value:
-                    found.append(_decode_chef.decode(entry.value))
-        return found
+        assert self._registry
+        return await self._registry.chefs()
+
+    async def maps(self, federation: str) -> FederationMaps:
+        """The federation's shared maps, opened once for as long as this connection."""
+        assert self.nc
+        if federation not in self._maps:
+            self._maps[federation] = await FederationMaps(self.nc, federation).open()
+        return self._maps[federation]
 
     async def stop(self) -> None:
         """Stop what was started; safe to call twice, and `start` may follow (watch retries)."""
@@ -261,6 +264,10 @@ class Federation:
             self.dashboard = None
         if self.local_chefs:
             await self.local_chefs.stop()
+        if self._registry:
+            await self._registry.close()
+            self._registry = None
+        self._maps.clear()
         if self.nc:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
@@ -272,7 +279,8 @@ class Federation:
             await self.sftp.stop()
         self.local_chefs = self.nc = self.embedded = self.puller = self.sftp = None
         self.pod = None
-        self._chefs_kv = None
+        self._registry: ChefRegistry | None = None
+        self._maps: dict[str, FederationMaps] = {}  # federation name -> its opened shared maps
 
 
 async def embedded_keys(state_dir: Path) -> tuple[Path, Path]:

@@ -49,6 +49,9 @@ def chefs_bucket(federation: str) -> str:
     return f"{federation}_chefs"
 
 
+REGISTRY_TTL_S = 10.0  # the chefs bucket's max age: a chef whose heartbeats stop drops out after it
+
+
 def owners_bucket(federation: str) -> str:
     """JetStream KV bucket: digest key -> Ownership (msgpack)."""
     return f"{federation}_owners"
