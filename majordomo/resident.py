@@ -25,8 +25,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -64,7 +62,8 @@ def idle_seconds() -> float:
 
 def fingerprint() -> str:
     """Which code a federation runs: the interpreter and every module's size and mtime. A build
-    never joins chefs that run other code than its own."""
+    never joins chefs that run other code than its own. Kept whole, not digested: it is compared,
+    never shown, and the thin client of every build would pay ~2 ms to import hashlib."""
     root = Path(__file__).resolve().parent.parent
     parts = [os.path.realpath(sys.executable)]  # `python` and `python3.11` are one interpreter
     for package in _PACKAGES:
@@ -73,17 +72,12 @@ def fingerprint() -> str:
                 if entry.name.endswith(".py"):
                     st = entry.stat()
                     parts.append(f"{package}/{entry.name}:{st.st_size}:{st.st_mtime_ns}")
-    import hashlib
-
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return "\n".join(parts)
 
 
 def environment() -> str:
-    """A digest of the environment the resident processes depend on (see _ENV_EXACT)."""
-    import hashlib
-
-    items = sorted((k, v) for k, v in os.environ.items() if k in _ENV_EXACT or k.startswith(_ENV_PREFIX))
-    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
+    """The part of the environment the resident processes depend on (see _ENV_EXACT), whole."""
+    return repr(sorted((k, v) for k, v in os.environ.items() if k in _ENV_EXACT or k.startswith(_ENV_PREFIX)))
 
 
 def info_path(state_dir: Path) -> Path:
@@ -138,6 +132,8 @@ def stop_resident(state_dir: Path, timeout_s: float = STOP_TIMEOUT_S) -> bool:
     if info is None and not lock_is_held(state_dir):
         return False
     if info is not None:
+        import signal
+
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(int(info["pid"]), signal.SIGTERM)
     with start_lock(state_dir, timeout_s):  # released when the supervisor has exited
@@ -223,6 +219,8 @@ def _majordomo_connected(monitor_url: str) -> bool:
 
 async def supervise(state_dir: Path, idle_s: float) -> int:
     import asyncio
+    import shutil
+    import signal
 
     from artefacts.natsutil import EmbeddedNats
     from majordomo.build_server import BuildServer
