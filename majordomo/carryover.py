@@ -42,6 +42,8 @@ class ArtefactFacts:
     latest: dict[str, tuple[list[OutputRef], str | None]] = field(default_factory=dict)  # step id -> outputs
     served: dict[str, Path] = field(default_factory=dict)  # digest -> workspace file this pod serves
     serving: dict[Path, str] = field(default_factory=dict)  # workspace file -> the digest it serves
+    # digest -> pods known to hold it: the state's owners table as far as it was read, kept current
+    owners: dict[str, set[str]] | None = None
 
 
 @dataclass(eq=False)

@@ -183,7 +183,8 @@ class Build:
         self._step_tools: dict[str, tuple[str, ...]] = {}
         self._probing: dict[tuple[str, str, tuple[str, ...]], asyncio.Future[dict[str, str]]] = {}
         self._normalise_memo: dict[str, dict[str, str]] = {}
-        self._owner_map: dict[str, set[str]] | None = None
+        # Read from the state as asked for; a carried-over build keeps the last one's (~4 us a digest).
+        self._owner_map: dict[str, set[str]] | None = facts.owners
         self._events: list[tuple[str, str, str, dict[str, object]]] = []  # until the federation is up
         self._publishing: set[asyncio.Task[None]] = set()
         self._sharing: set[asyncio.Task[None]] = set()  # writes to the shared maps under way
@@ -283,7 +284,7 @@ class Build:
     def facts(self) -> ArtefactFacts:
         """What this build knows of every artefact, for a carried-over next build."""
         return ArtefactFacts(self.digests, self.sizes, self.executable, self.cutoff, self.vouched, self._latest,
-                             self._served, self._serving)
+                             self._served, self._serving, self._owner_map)
 
     def stamp_inputs(self, steps: list[Step] | None = None) -> tuple[
             list[tuple[str, str, tuple[int, int, int, int] | None]], list[str]]:
