@@ -315,11 +315,20 @@ class Chef:
             await request.respond(await asyncio.shield(answer), headers=headers())
 
     async def _run_and_reply(self, step: StepRequest, request: Request, key: AttemptKey) -> None:
+        answered = asyncio.get_running_loop().create_future()  # the task dir goes once this is done
+        try:
+            await self._cook_and_reply(step, request, key, answered)
+        finally:
+            if not answered.done():
+                answered.set_result(None)
+
+    async def _cook_and_reply(self, step: StepRequest, request: Request, key: AttemptKey,
+                              answered: asyncio.Future[None]) -> None:
         try:
             async with self._slots:
                 await self._publish("step.running", step)
                 try:
-                    result = await self.cook_step(step)
+                    result = await self.cook_step(step, tidy_after=answered)
                 except Exception as exc:  # a chef bug must still answer, or the MajorDomo waits in vain
                     log.exception("step %s crashed the chef's cooking", step.step_id)
                     result = self._result(step, ErrorCode.INTERNAL, message=f"chef {self.config.id}: {exc!r}")
@@ -442,7 +451,7 @@ class Chef:
             attempt=step.attempt, **kw,  # type: ignore[arg-type]
         )
 
-    async def cook_step(self, step: StepRequest) -> StepResult:
+    async def cook_step(self, step: StepRequest, *, tidy_after: asyncio.Future[None] | None = None) -> StepResult:
         started = time.monotonic()
         if step.kind not in self.config.kinds:
             return self._result(step, ErrorCode.KIND_UNSUPPORTED,
@@ -462,7 +471,7 @@ class Chef:
             return self._result(step, ErrorCode.INPUT_UNAVAILABLE, message=f"cannot get input {path}: {reason}",
                                 duration_s=time.monotonic() - started, missing=sorted(failed),
                                 bad_owners=self._bad_owners_of(step), **pulled)
-        outcome = await self.cook.run(step)
+        outcome = await self.cook.run(step, tidy_after=tidy_after)
         return self._result(
             step, outcome.code, exit_status=outcome.exit_status, outputs=outcome.outputs,
             discovered=outcome.discovered, log=outcome.log, message=outcome.message,
