@@ -8,8 +8,10 @@ heartbeat), so one subscription keeps a mirror, and a build reads it for free.
 The mirror is listed in full when it starts and again after the connection comes back from a
 failover (messages sent while we were away are lost). The bucket drops an entry by its max age
 without any message, so the mirror drops an entry unheard-of for the same time, by this process's
-clock. A chef that has died but not yet aged out is listed here exactly as a listing would have
-listed it: leases (majordomo/leases.py) notice it stopped beating.
+clock. An entry only a listing saw is dated by the heartbeat time it carries (an impossible age,
+from hosts' clocks that disagree, counts as fresh), so a chef that died just before a listing ages
+out with the bucket's copy, not a TTL later. Leases (majordomo/leases.py) start from the dates
+heard on this clock (`heard`), never from another host's.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ class ChefRegistry:
         self.kv = kv
         self.ttl_s = ttl_s
         self._entries: dict[str, tuple[ChefInfo, float]] = {}  # chef id -> (registration, when heard)
+        self._heard: dict[str, float] = {}  # chef id -> when a message of its own last came (our clock)
         self._sub: Any = None
         self._listed = False
+        self._generation = 0  # moved by `relist`: a listing under way when it moves does not count
         self._heard_while_listing: set[str] | None = None
         self._lock = asyncio.Lock()
 
@@ -53,11 +57,19 @@ class ChefRegistry:
                 if not self._listed:
                     await self._list()
         now = time.monotonic()
-        return [info for info, heard in self._entries.values() if now - heard < self.ttl_s]
+        for key in [k for k, (_, heard) in self._entries.items() if now - heard >= self.ttl_s]:
+            del self._entries[key]  # aged out of the bucket too
+            self._heard.pop(key, None)
+        return [info for info, _ in self._entries.values()]
+
+    def heard(self, chef_id: str) -> float | None:
+        """When (time.monotonic) a registration message of this chef last came, if one did."""
+        return self._heard.get(chef_id)
 
     def relist(self) -> None:
         """Messages may have been lost (a reconnect): list the registry again at the next read."""
         self._listed = False
+        self._generation += 1
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -66,6 +78,7 @@ class ChefRegistry:
             self._sub = None
 
     async def _list(self) -> None:
+        generation = self._generation
         self._heard_while_listing = set()
         try:
             listed: dict[str, ChefInfo] = {}
@@ -75,12 +88,21 @@ class ChefRegistry:
                     entry = await self.kv.get(key)
                     if entry.value:
                         listed[key] = _decode_chef.decode(entry.value)
-            now = time.monotonic()
-            # A message that came while we listed is newer than what the listing read.
+            now, wall = time.monotonic(), time.time()
+            # A message that came while we listed is newer than what the listing read; an entry
+            # only listed is as old as its heartbeat says (or as its last message, if newer).
             heard = self._heard_while_listing
-            self._entries = {key: value for key, value in self._entries.items() if key in heard}
-            self._entries.update((key, (info, now)) for key, info in listed.items() if key not in heard)
-            self._listed = True
+            kept = {key: value for key, value in self._entries.items() if key in heard}
+            for key, info in listed.items():
+                if key not in heard:
+                    known = self._entries.get(key)
+                    age = wall - info.heartbeat_at
+                    if not 0.0 <= age < self.ttl_s:
+                        age = 0.0  # the bucket still holds it, so the clocks disagree: take it as fresh
+                    kept[key] = (info, max(now - age, known[1]) if known is not None else now - age)
+            self._entries = kept
+            self._heard = {key: seen for key, seen in self._heard.items() if key in kept}
+            self._listed = generation == self._generation
         finally:
             self._heard_while_listing = None
 
@@ -90,8 +112,12 @@ class ChefRegistry:
             self._heard_while_listing.add(key)
         if (msg.headers or {}).get("KV-Operation", "") in _DELETE_OPS or not msg.data:
             self._entries.pop(key, None)
+            self._heard.pop(key, None)
             return
         try:
-            self._entries[key] = (_decode_chef.decode(msg.data), time.monotonic())
+            now = time.monotonic()
+            self._entries[key] = (_decode_chef.decode(msg.data), now)
+            self._heard[key] = now
         except msgspec.DecodeError:
             self._entries.pop(key, None)
+            self._heard.pop(key, None)

@@ -244,6 +244,10 @@ class Federation:
         assert self._registry
         return await self._registry.chefs()
 
+    def chef_heard(self, chef_id: str) -> float | None:
+        """When (time.monotonic) the registry last heard of this chef, if it lists it."""
+        return self._registry.heard(chef_id) if self._registry else None
+
     async def maps(self, federation: str) -> FederationMaps:
         """The federation's shared maps, opened once for as long as this connection."""
         assert self.nc

@@ -44,6 +44,13 @@ class Leases:
         self._sub = await self.nc.subscribe(f"$KV.{self.bucket}.>", cb=self._on_beat)
         self._checker = asyncio.create_task(self._check())
 
+    def heard(self, last_heard: dict[str, float]) -> None:
+        """Date chefs by when the registry really last heard of them (time.monotonic), not by the
+        listing: a chef that died just before it loses its lease a lease after its last beat."""
+        for chef, seen in last_heard.items():
+            if chef in self._last_seen:
+                self._last_seen[chef] = min(self._last_seen[chef], seen)
+
     async def stop(self) -> None:
         if self._checker:
             self._checker.cancel()

@@ -98,3 +98,23 @@ async def test_relist_reads_the_bucket_again(registry) -> None:  # type: ignore[
     assert await reg.chefs() == []  # subscribed again, but the mirror alone cannot know
     reg.relist()
     assert [c.id for c in await reg.chefs()] == ["chef-a"]
+
+
+async def test_a_listed_entry_is_as_old_as_its_last_heartbeat(  # type: ignore[no-untyped-def]
+        registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chef that died just before a listing must age out with the bucket's copy, not a TTL later;
+    an impossible age (clocks that disagree) counts as fresh."""
+    import msgspec
+
+    _nc, kv, reg = registry
+    now, wall = [1000.0], [5000.0]
+    monkeypatch.setattr(chef_registry.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(chef_registry.time, "time", lambda: wall[0])
+    old = msgspec.msgpack.decode(_info("chef-old"), type=ChefInfo)
+    skewed = msgspec.msgpack.decode(_info("chef-skewed"), type=ChefInfo)
+    await kv.put("chef-old", encode(msgspec.structs.replace(old, heartbeat_at=wall[0] - (subjects.REGISTRY_TTL_S - 1))))
+    await kv.put("chef-skewed", encode(msgspec.structs.replace(skewed, heartbeat_at=wall[0] + 30)))
+    assert sorted(c.id for c in await reg.chefs()) == ["chef-old", "chef-skewed"]
+    now[0] += 1.5
+    assert [c.id for c in await reg.chefs()] == ["chef-skewed"]
+    assert reg.heard("chef-skewed") is None  # only listed: leases keep their own start time
