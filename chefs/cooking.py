@@ -115,7 +115,7 @@ class Cook:
     async def _tidy(self, task: TaskDir, digests: list[str], after: asyncio.Future[None] | None) -> None:
         try:
             if after is not None:
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(asyncio.CancelledError):  # stopping: remove it now
                     await asyncio.shield(after)
             await task.remove()
         finally:

@@ -22,13 +22,19 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
+pip_install() {  # pip's messages minus the root warning; fails when pip fails
+  local out status=0
+  out=$("$PYTHON" -m pip install -q --disable-pip-version-check "$@" 2>&1) || status=$?
+  printf '%s\n' "$out" | grep -v -e "Running pip as the 'root' user" -e '^$' || true
+  return "$status"
+}
 # compat mode: a .pth line naming this checkout. The default mode installs an import hook whose
-# own imports cost every Python start (each `majordomo build`, each chef) ~3 ms.
-"$PYTHON" -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]' 2>&1 \
-  | grep -v "Running pip as the 'root' user" || true
+# own imports cost every Python start (each `majordomo build`, each chef) ~3 ms. A setuptools
+# that no longer offers compat mode gets the default one.
+pip_install --config-settings editable_mode=compat -e '.[test]' || pip_install -e '.[test]'
 # An editable install compiles nothing, and where PYTHONDONTWRITEBYTECODE is set nothing else
 # would: every command would compile our modules again (~20 ms of each `majordomo build`).
 "$PYTHON" -m compileall -q -j 0 majordomo chefs artefacts protocol >/dev/null
-"$PYTHON" -c "import majordomo, chefs, artefacts, protocol"
+(cd / && "$PYTHON" -c "import majordomo, chefs, artefacts, protocol")  # from the install, not the checkout
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 echo "setup: ready ($("$PYTHON" --version), $(nats-server --version 2>/dev/null || echo 'nats-server from wheel'))"

@@ -379,8 +379,10 @@ async def build_in_server(argv: list[str], cwd: str, out: TextIO, err: TextIO, s
             # checked, the watch adopts it, and the next requests compare only what events name.
             found = None
             if disk is not None:
-                moved = await _changed_since(root, disk[0], disk[1], key, named, None)
-                if moved is not None and (settled := await _settled(root, disk[0], moved, tree, later)) is not None:
+                index = await asyncio.to_thread(noop.stamp_index, disk[0])  # once, and not on the loop
+                moved = await _changed_since(root, disk[0], disk[1], key, named, index)
+                if moved is not None and (settled := await _settled(root, disk[0], moved, tree, later,
+                                                                    index)) is not None:
                     found = (settled, disk[1] if settled is disk[0] else noop.stamp_id(str(root)))
             elif (found := await asyncio.to_thread(noop.vouching_stamp, str(root), key)) is not None and tree:
                 whole = found[0]

@@ -12,7 +12,7 @@ asking for it (an upgrade, an edit of this repository).
 The supervisor also runs builds (majordomo/build_server.py): once it is up, `majordomo build` hands
 its arguments to it over `build.sock` instead of importing the engine and the federation stack.
 
-Files, in `.majordomo/`: `resident.json` (url, pid, code fingerprint, key, environment digest,
+Files, in `.majordomo/`: `resident.json` (url, pid, code fingerprint, key, environment,
 socket; written once everything is up, removed on the way down), `resident.lock` (held by the
 supervisor for its whole life, and by a build while it starts one, so two builds never start two)
 and `build.sock`.
@@ -245,7 +245,12 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
         info = {"url": url, "pid": os.getpid(), "fingerprint": fingerprint(), "idle_s": idle_s, "key": str(key_path),
                 "env": environment(), "socket": builds.socket_name}
         tmp = info_path(state_dir).with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)  # PATH and CP_* in clear
+        try:
+            os.write(fd, json.dumps(info).encode())
+        finally:
+            os.close(fd)
         os.replace(tmp, info_path(state_dir))
         print(f"{READY} {url}", flush=True)
         await _watch(state_dir, server, chefs, builds, idle_s, stopping)
