@@ -28,10 +28,7 @@ pip_install() {  # pip's messages minus the root warning; fails when pip fails
   printf '%s\n' "$out" | grep -v -e "Running pip as the 'root' user" -e '^$' || true
   return "$status"
 }
-# compat mode: a .pth line naming this checkout. The default mode installs an import hook whose
-# own imports cost every Python start (each `majordomo build`, each chef) ~3 ms. A setuptools
-# that no longer offers compat mode gets the default one.
-pip_install --config-settings editable_mode=compat -e '.[test]' || pip_install -e '.[test]'
+pip_install -e '.[test]'
 # An editable install compiles nothing, and where PYTHONDONTWRITEBYTECODE is set nothing else
 # would: every command would compile our modules again (~20 ms of each `majordomo build`).
 "$PYTHON" -m compileall -q -j 0 majordomo chefs artefacts protocol >/dev/null
