@@ -16,6 +16,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from artefacts.lifeline import die_with_parent
 
@@ -298,6 +299,11 @@ def local_address_towards(url: str) -> str | None:
             return probe.getsockname()[0]
     except OSError:
         return None
+
+
+def kv_deleted(msg: Msg) -> bool:
+    """Whether a message on a KV bucket's subject (`$KV.<bucket>.<key>`) removes its key."""
+    return (msg.headers or {}).get("KV-Operation", "") in ("DEL", "PURGE")
 
 
 async def kv_keys(nc: NATS, bucket: str) -> list[str]:

@@ -26,12 +26,11 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from artefacts.natsutil import kv_keys
+from artefacts.natsutil import kv_deleted, kv_keys
 from protocol import subjects
 from protocol.messages import ChefInfo, decoder
 
 _decode_chef = decoder(ChefInfo)
-_DELETE_OPS = {"DEL", "PURGE"}
 
 
 class ChefRegistry:
@@ -40,8 +39,8 @@ class ChefRegistry:
         self.bucket = subjects.chefs_bucket(federation)
         self.kv = kv
         self.ttl_s = ttl_s
-        self._entries: dict[str, tuple[ChefInfo, float]] = {}  # chef id -> (registration, when heard)
-        self._heard: dict[str, float] = {}  # chef id -> when a message of its own last came (our clock)
+        # chef id -> (registration, when heard, whether a message of its own said so: our clock)
+        self._entries: dict[str, tuple[ChefInfo, float, bool]] = {}
         self._sub: Any = None
         self._listed = False
         self._generation = 0  # moved by `relist`: a listing under way when it moves does not count
@@ -57,14 +56,14 @@ class ChefRegistry:
                 if not self._listed:
                     await self._list()
         now = time.monotonic()
-        for key in [k for k, (_, heard) in self._entries.items() if now - heard >= self.ttl_s]:
+        for key in [k for k, (_, heard, _) in self._entries.items() if now - heard >= self.ttl_s]:
             del self._entries[key]  # aged out of the bucket too
-            self._heard.pop(key, None)
-        return [info for info, _ in self._entries.values()]
+        return [info for info, _, _ in self._entries.values()]
 
-    def heard(self, chef_id: str) -> float | None:
-        """When (time.monotonic) a registration message of this chef last came, if one did."""
-        return self._heard.get(chef_id)
+    def heard(self) -> dict[str, float]:
+        """Chef id -> when (time.monotonic) a registration message of its own last came; chefs
+        only a listing saw are not here (their dates come from another host's clock)."""
+        return {key: heard for key, (_, heard, exact) in self._entries.items() if exact}
 
     def relist(self) -> None:
         """Messages may have been lost (a reconnect): list the registry again at the next read."""
@@ -99,9 +98,11 @@ class ChefRegistry:
                     age = wall - info.heartbeat_at
                     if not 0.0 <= age < self.ttl_s:
                         age = 0.0  # the bucket still holds it, so the clocks disagree: take it as fresh
-                    kept[key] = (info, max(now - age, known[1]) if known is not None else now - age)
+                    if known is not None and known[1] >= now - age:
+                        kept[key] = (info, known[1], known[2])
+                    else:
+                        kept[key] = (info, now - age, False)
             self._entries = kept
-            self._heard = {key: seen for key, seen in self._heard.items() if key in kept}
             self._listed = generation == self._generation
         finally:
             self._heard_while_listing = None
@@ -110,14 +111,10 @@ class ChefRegistry:
         key = msg.subject[len(self.bucket) + 5:]  # after "$KV.<bucket>."
         if self._heard_while_listing is not None:
             self._heard_while_listing.add(key)
-        if (msg.headers or {}).get("KV-Operation", "") in _DELETE_OPS or not msg.data:
+        if kv_deleted(msg) or not msg.data:
             self._entries.pop(key, None)
-            self._heard.pop(key, None)
             return
         try:
-            now = time.monotonic()
-            self._entries[key] = (_decode_chef.decode(msg.data), now)
-            self._heard[key] = now
+            self._entries[key] = (_decode_chef.decode(msg.data), time.monotonic(), True)
         except msgspec.DecodeError:
             self._entries.pop(key, None)
-            self._heard.pop(key, None)

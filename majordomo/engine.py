@@ -905,8 +905,7 @@ class Build:
 
                 self._leases = Leases(fed.nc, subjects.chefs_bucket(self.options.federation),
                                       self.options.lease_s, on_lost=self._chef_lost, on_back=self._chef_back)
-                await self._leases.start(c.id for c in self._chefs)
-                self._leases.heard({c.id: seen for c in self._chefs if (seen := fed.chef_heard(c.id)) is not None})
+                await self._leases.start((c.id for c in self._chefs), fed.chefs_heard())
                 self._maps = await fed.maps(self.options.federation)
                 if fed.puller:
                     self._pulled_base = _fetch_counters(fed.puller)

@@ -244,9 +244,9 @@ class Federation:
         assert self._registry
         return await self._registry.chefs()
 
-    def chef_heard(self, chef_id: str) -> float | None:
-        """When (time.monotonic) the registry last heard of this chef, if it lists it."""
-        return self._registry.heard(chef_id) if self._registry else None
+    def chefs_heard(self) -> dict[str, float]:
+        """Chef id -> when (time.monotonic) a registry message of its own last came."""
+        return self._registry.heard() if self._registry else {}
 
     async def maps(self, federation: str) -> FederationMaps:
         """The federation's shared maps, opened once for as long as this connection."""
@@ -283,8 +283,6 @@ class Federation:
             await self.sftp.stop()
         self.local_chefs = self.nc = self.embedded = self.puller = self.sftp = None
         self.pod = None
-        self._registry: ChefRegistry | None = None
-        self._maps: dict[str, FederationMaps] = {}  # federation name -> its opened shared maps
 
 
 async def embedded_keys(state_dir: Path) -> tuple[Path, Path]:

@@ -12,15 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from artefacts.natsutil import kv_deleted
 from majordomo.latch import Latch
 
 DEFAULT_LEASE_S = 10.0
-_DELETE_OPS = {"DEL", "PURGE"}
 
 
 class Leases:
@@ -37,19 +37,15 @@ class Leases:
         self._sub = None
         self._checker: asyncio.Task[None] | None = None
 
-    async def start(self, chefs: Iterable[str]) -> None:
+    async def start(self, chefs: Iterable[str], heard: Mapping[str, float] | None = None) -> None:
+        """Hold a lease for each of `chefs`, dated by when the registry last heard of it (`heard`,
+        time.monotonic) where it knows, else now: a chef that died just before the listing loses
+        its lease a lease after its last beat."""
         now = time.monotonic()
         for chef in chefs:
-            self._last_seen[chef] = now  # just read from the registry: alive now
+            self._last_seen[chef] = (heard or {}).get(chef, now)
         self._sub = await self.nc.subscribe(f"$KV.{self.bucket}.>", cb=self._on_beat)
         self._checker = asyncio.create_task(self._check())
-
-    def heard(self, last_heard: dict[str, float]) -> None:
-        """Date chefs by when the registry really last heard of them (time.monotonic), not by the
-        listing: a chef that died just before it loses its lease a lease after its last beat."""
-        for chef, seen in last_heard.items():
-            if chef in self._last_seen:
-                self._last_seen[chef] = min(self._last_seen[chef], seen)
 
     async def stop(self) -> None:
         if self._checker:
@@ -71,8 +67,7 @@ class Leases:
 
     async def _on_beat(self, msg: Msg) -> None:
         chef = msg.subject.rsplit(".", 1)[-1]
-        op = (msg.headers or {}).get("KV-Operation", "")
-        if op in _DELETE_OPS:
+        if kv_deleted(msg):
             self._expire(chef, "deregistered")
             return
         if self.lost(chef).is_set():  # back after an outage (NATS failover, a healed link)
