@@ -488,7 +488,8 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
     reporter = make_reporter(human, quiet=args.quiet, verbose=args.verbose, live=not args.json)
     started = time.time_ns()
     try:
-        report, build = await _run_build(project, state, args, nats_url, reporter, shared, carry, changed)
+        report, build = await _run_build(project, state, args, nats_url, reporter, shared, carry, changed,
+                                         memory.durations if memory is not None else None)
     finally:
         if own_state:
             state.close()
@@ -538,7 +539,7 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
 
 
 async def _run_build(project, state, args, nats_url, reporter, shared=None,  # type: ignore[no-untyped-def]
-                     carry=None, changed=None):
+                     carry=None, changed=None, durations=None):
     from majordomo.engine import Build, BuildError, BuildOptions
     from protocol import subjects
 
@@ -552,7 +553,7 @@ async def _run_build(project, state, args, nats_url, reporter, shared=None,  # t
                            dashboard_port=args.dashboard)
     metrics, server, address = _metrics_server(args)
     build = Build(project, state, options, on_step=reporter.step, on_event=reporter.event, metrics=metrics,
-                  shared=shared, carry=carry, changed=changed)
+                  shared=shared, carry=carry, changed=changed, durations=durations)
     if shared is not None:
         shared.pod_id = build.pod_id
     try:

@@ -31,6 +31,7 @@ from majordomo.graph import BuildGraph, GraphError
 from majordomo.noop import stat_tuple
 from majordomo.recipes import Project, Step
 from majordomo.scan import ScanResult, scan, stat_entry
+from majordomo.schedule import Slots, critical_paths, estimate_s
 from majordomo.state import KeyDetail, State
 from protocol import subjects
 from protocol.errors import ErrorCode
@@ -131,13 +132,18 @@ Listener = Callable[[StepOutcome, int, int], None]
 EventListener = Callable[[str, str, str, dict[str, object]], None]
 
 
+_INLINE_UNITS = 1000  # more units than this: the critical paths are computed in a thread
+
+
 class Build:
     def __init__(self, project: Project, state: State, options: BuildOptions, on_step: Listener | None = None,
                  shared: Federation | None = None, on_event: EventListener | None = None,
                  metrics: MajordomoMetrics | None = None, carry: Carryover | None = None,
-                 changed: list[str] | None = None) -> None:
+                 changed: list[str] | None = None, durations: dict[str, float] | None = None) -> None:
         """`carry` (the resident build server's memory of the last build, majordomo/carryover.py)
-        with `changed` (the files whose stats moved since): visit only what they affect."""
+        with `changed` (the files whose stats moved since): visit only what they affect.
+        `durations`: step id -> seconds its last run took, kept by the caller across builds (the
+        resident build server's, which outlives a wiped state); this build adds to it."""
         self.project = project
         self.root = project.root
         self.state = state
@@ -177,7 +183,9 @@ class Build:
         self._chefs: list[ChefInfo] = []
         self._load: dict[str, int] = {}
         self._placed: dict[str, str] = {}  # step id -> its last placement decision (JSON), kept with its result
-        self._jobs: asyncio.Semaphore | None = None
+        self._jobs: Slots | None = None
+        self._durations = durations if durations is not None else {}
+        self._priority: dict[str, float] = {}  # step id -> its critical path (majordomo/schedule.py)
         self._probe = ToolProbe(state.dir / "tools.json")
         self._toolchains: dict[tuple[str, str, tuple[str, ...]], dict[str, str] | None] = {}
         self._step_tools: dict[str, tuple[str, ...]] = {}
@@ -409,12 +417,37 @@ class Build:
                 continue
             pending.append(unit)
         if pending:
+            if len(pending) > 1:
+                pending = await self._by_critical_path(pending)
             try:
                 async with asyncio.TaskGroup() as group:
                     for unit in pending:
                         group.create_task(settle(unit))
             except* BuildError as errors:  # the federation could not be reached: stop everything
                 raise errors.exceptions[0] from None
+
+    async def _by_critical_path(self, pending: list[list[Step]]) -> list[list[Step]]:
+        """Note each pending step's priority for a slot, and return the units longest chain first
+        (tasks reach the slots roughly in the order they start). Durations not in memory are read
+        from the state for these steps only."""
+        unknown = [s.id for unit in pending for s in unit if s.id not in self._durations]
+        recorded = await self.state.run(lambda: self.state.step_durations(unknown)) if unknown else {}
+        index = {s.id: i for i, unit in enumerate(pending) for s in unit}
+
+        def deps_of(unit: list[Step]) -> list[int]:
+            return [index[d.id] for d in self.graph.unit_deps(unit) if d.id in index]
+
+        def cost_of(unit: list[Step]) -> float:
+            return sum(estimate_s(self._durations.get(s.id, recorded.get(s.id)),
+                                  sum(self.sizes.get(p, 0) for p in s.inputs)) for s in unit)
+
+        if len(pending) > _INLINE_UNITS:
+            paths = await asyncio.to_thread(critical_paths, pending, deps_of, cost_of)  # ~15 ms per 10,000
+        else:
+            paths = critical_paths(pending, deps_of, cost_of)
+        self._priority = {s.id: paths[i] for i, unit in enumerate(pending) for s in unit}
+        order = sorted(range(len(pending)), key=lambda i: -paths[i])  # stable: ties keep dependency order
+        return [pending[i] for i in order]
 
     async def _settle_cycle(self, unit: list[Step]) -> bool:
         """Run a cycle's steps in passes until no artefact in it changes (its fixpoint).
@@ -591,7 +624,7 @@ class Build:
         history: list[str] = []
         while True:
             self._publish("step.queued", step, detail={"attempt": attempt})
-            async with self._jobs:
+            async with self._jobs.slot(self._priority.get(step.id, 0.0)):
                 await self._ensure_available(step, staged)
                 chef = self._place(step, staged, toolchain)
                 if chef is None:
@@ -767,6 +800,7 @@ class Build:
             step.id, final_key, list(result.outputs), list(discovered), result.chef_id, result.duration_s, result.log,
             detail, self._placed.get(step.id, "")))
         self.graph.note_result(step, final_key)
+        self._durations[step.id] = result.duration_s
         self._note_outputs(result.outputs)
         self._latest[step.id] = (list(result.outputs), result.chef_id)
         if materialize and not await self._materialize(step, list(result.outputs), result.chef_id):
@@ -917,7 +951,7 @@ class Build:
                     self._send(fed, entry)
                 self._events.clear()
                 slots = sum(c.slots for c in self._chefs)
-                self._jobs = asyncio.Semaphore(self.options.jobs or max(1, slots))
+                self._jobs = Slots(self.options.jobs or max(1, slots))
             return self._fed
 
     async def _cancel_on_chefs(self) -> None:
@@ -1093,7 +1127,7 @@ class Build:
         try:
             await self._run_step(step, key, inputs, toolchain)
         finally:
-            await self._jobs.acquire()
+            await self._jobs.acquire(self._priority.get(step.id, 0.0))
 
     # -- progress ---------------------------------------------------------------------------------
 

@@ -19,6 +19,9 @@ class ServerMemory:
     def __init__(self) -> None:
         self.projects: dict[Any, Any] = {}  # the `_load` memo: (root, file, vars) -> (text, files, project)
         self.carry: Carryover | None = None
+        # step id -> seconds its last run took: what orders the next build's steps (majordomo/schedule.py).
+        # Kept whatever happens to the state: a hint, never a fact a build relies on.
+        self.durations: dict[str, float] = {}
         self.tree: TreeWatch | None = None  # the build server's watch of the project's directories
         # With no carry-over: the stamp on disk that vouched for everything, and its file identity.
         self.disk_stamp: tuple[tuple[object, ...], tuple[int, int, int]] | None = None

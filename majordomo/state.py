@@ -23,6 +23,7 @@ from protocol.messages import OutputRef
 
 T = TypeVar("T")
 SCHEMA_VERSION = 3
+_SQL_CHUNK = 500  # host parameters per `IN (...)` query, well under SQLite's limit
 # Migrations from each older schema to the next; the state is kept, not thrown away.
 MIGRATIONS: dict[int, str] = {1: "ALTER TABLE steps ADD COLUMN detail BLOB",
                                2: "ALTER TABLE logs ADD COLUMN placement TEXT"}
@@ -170,6 +171,16 @@ class State:
     def load_steps(self) -> dict[str, StepRecord]:
         rows = self._db.execute("SELECT step_id, action_key, discovered FROM steps")
         return {r[0]: StepRecord(r[1], tuple(_paths_dec.decode(r[2])) if r[2] else ()) for r in rows}
+
+    def step_durations(self, step_ids: list[str]) -> dict[str, float]:
+        """How long each step's last recorded run took, for the steps that have one."""
+        found: dict[str, float] = {}
+        for start in range(0, len(step_ids), _SQL_CHUNK):
+            chunk = step_ids[start:start + _SQL_CHUNK]
+            found.update(self._db.execute(
+                "SELECT s.step_id, r.duration_s FROM steps s JOIN results r ON r.action_key = s.action_key "
+                f"WHERE s.step_id IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        return found
 
     def key_detail(self, step_id: str) -> KeyDetail | None:
         row = self._db.execute("SELECT detail FROM steps WHERE step_id=?", (step_id,)).fetchone()

@@ -180,7 +180,7 @@ async def _one_build(root: Path, load: Callable[[], Project], options: BuildOpti
         assert carry is not None
         project = carry.project  # same recipe, same files: same outputs for the filter too
     build = Build(project, state, options, on_step=on_step, shared=fed, on_event=on_event, metrics=metrics,
-                  carry=carry, changed=changed)
+                  carry=carry, changed=changed, durations=memory.durations)
     fed.pod_id = build.pod_id
     try:
         report = await build.run()
