@@ -20,23 +20,27 @@ def load_or_create_key(path: Path, comment: str = "computepods") -> asyncssh.SSH
     """Load the private key at `path`, or make a new ed25519 key there (mode 0600) with `<path>.pub` beside it.
 
     Writes are atomic (temp file + rename) so that a crash never leaves a truncated key that would change
-    the pod's identity on the next start. Blocking: call it at start-up or in a thread.
+    the pod's identity on the next start. Two processes making it at once (a first build and the
+    resident federation it starts) end up with one key: the first to link it in place wins, the
+    other loads the winner's. Blocking: call it at start-up or in a thread.
     """
     path = Path(path)
-    if path.exists():
-        key = asyncssh.read_private_key(str(path))
-        pub = Path(f"{path}.pub")
-        if not pub.exists():
-            _atomic_write(pub, public_key_line(key).encode() + b"\n", 0o644)
-        return key
-    key = asyncssh.generate_private_key(KEY_ALGORITHM, comment=comment)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, key.export_private_key("openssh"), 0o600)
-    _atomic_write(Path(f"{path}.pub"), public_key_line(key).encode() + b"\n", 0o644)
+    if not path.exists():
+        made = asyncssh.generate_private_key(KEY_ALGORITHM, comment=comment)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if _atomic_write(path, made.export_private_key("openssh"), 0o600, replace=False):
+            _atomic_write(Path(f"{path}.pub"), public_key_line(made).encode() + b"\n", 0o644)
+            return made
+    key = asyncssh.read_private_key(str(path))
+    pub = Path(f"{path}.pub")
+    if not pub.exists():
+        _atomic_write(pub, public_key_line(key).encode() + b"\n", 0o644)
     return key
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+def _atomic_write(path: Path, data: bytes, mode: int, *, replace: bool = True) -> bool:
+    """Write `path` whole or not at all; with `replace=False`, only if it does not exist yet (a
+    hard link, which fails if the name is taken). Returns whether this call wrote it."""
     # mkstemp creates the file 0600, so the private key is never readable by others, not even briefly.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -45,10 +49,16 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def public_key_line(key: asyncssh.SSHKey) -> str:

@@ -913,14 +913,16 @@ class Build:
     # -- federation, placement, ownership ---------------------------------------------------------
 
     async def _federation(self) -> Federation:
-        from artefacts.natsutil import NatsUnreachable
-        from majordomo.federation import Federation, FederationError
-
         async with self._fed_lock:
             if self._fed is None:
+                joining = self._join_resident_early()
+                from artefacts.natsutil import NatsUnreachable
+                from majordomo.federation import Federation, FederationError
+
                 fed = self._shared or Federation(
                     self.root, self.pod_id, self.options.nats_url, self.options.federation,
-                    sftp_listen=self.options.sftp_listen, advertise_host=self.options.advertise_host)
+                    sftp_listen=self.options.sftp_listen, advertise_host=self.options.advertise_host,
+                    joining=joining)
                 fed.resolve = self._resolve
                 try:
                     if fed.nc is None:
@@ -953,6 +955,17 @@ class Build:
                 slots = sum(c.slots for c in self._chefs)
                 self._jobs = Slots(self.options.jobs or max(1, slots))
             return self._fed
+
+    def _join_resident_early(self) -> asyncio.Future[str] | None:
+        """Start joining (or starting) the project's resident federation in a thread now, before
+        importing the federation stack (~90 ms of nats-py and asyncssh): a first build's start-up
+        of the resident processes then overlaps that import instead of following it."""
+        from majordomo.resident import embedded_key, idle_seconds, join_or_start
+
+        if self._shared is not None or self.options.nats_url is not None or (idle_s := idle_seconds()) <= 0:
+            return None
+        state_dir = self.root / ".majordomo"
+        return asyncio.ensure_future(asyncio.to_thread(join_or_start, state_dir, embedded_key(state_dir), idle_s))
 
     async def _cancel_on_chefs(self) -> None:
         """Cancelled (Ctrl-C): tell the chefs to stop this build's steps. Resident chefs would

@@ -27,7 +27,7 @@ from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
 from majordomo.chef_registry import ChefRegistry
 from majordomo.latch import Latch
-from majordomo.resident import idle_seconds, join_or_start, stop_resident
+from majordomo.resident import embedded_key, idle_seconds, join_or_start, stop_resident
 from protocol import subjects
 from protocol.kinds import KNOWN_KINDS
 from protocol.messages import ChefInfo, Pod, SftpEndpoint
@@ -115,8 +115,12 @@ class Federation:
                  federation: str = subjects.DEFAULT_FEDERATION,
                  resolve: Callable[[str], Path | None] | None = None,
                  sftp_listen: tuple[str, int] = ("127.0.0.1", 0), advertise_host: str = "",
-                 resident: bool = True, attach_url: str | None = None) -> None:
+                 resident: bool = True, attach_url: str | None = None,
+                 joining: asyncio.Future[str] | None = None) -> None:
+        """`joining`: `join_or_start` of the resident federation, already under way (see
+        `Build._federation`), which `start` then awaits instead of starting its own."""
         self.root = project_root
+        self._joining = joining
         # The resident supervisor's own build server: the embedded federation is its own, already up.
         self.attach_url = attach_url
         # Builds join the project's resident embedded federation; a watch session, which keeps its
@@ -213,7 +217,8 @@ class Federation:
         one that does not answer is stopped and started afresh, once."""
         for last_try in (False, True):
             try:
-                url = await asyncio.to_thread(join_or_start, self.state_dir, key, idle_s)
+                joining, self._joining = self._joining, None
+                url = await (joining or asyncio.to_thread(join_or_start, self.state_dir, key, idle_s))
             except (TimeoutError, RuntimeError) as exc:
                 raise FederationError(str(exc)) from None
             try:
@@ -257,6 +262,9 @@ class Federation:
 
     async def stop(self) -> None:
         """Stop what was started; safe to call twice, and `start` may follow (watch retries)."""
+        if self._joining is not None:  # `start` failed before it joined: the resident stays up, unused
+            self._joining.cancel()
+            self._joining = None
         if self._writes:  # while NATS (maybe our embedded server) is still up
             writes, self._writes = self._writes, None
             unwritten = await writes.close(FLUSH_S)
@@ -290,7 +298,7 @@ async def embedded_keys(state_dir: Path) -> tuple[Path, Path]:
     hands out to every pod, or the project's own for the embedded federation."""
     keys = state_dir / "keys"
     keys.mkdir(parents=True, exist_ok=True)
-    key_path = Path(os.environ.get("MAJORDOMO_KEY") or keys / "federation")
+    key_path = Path(embedded_key(state_dir))
     await asyncio.to_thread(load_or_create_key, key_path)
     return key_path, key_path.with_name(key_path.name + ".pub")
 

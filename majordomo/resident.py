@@ -177,6 +177,11 @@ def _suits(info: dict, key: str) -> bool:
     return info["fingerprint"] == fingerprint() and info.get("key") == key and info.get("env") == environment()
 
 
+def embedded_key(state_dir: Path) -> str:
+    """The federation key's path: MAJORDOMO_KEY, or the project's own (see federation.embedded_keys)."""
+    return str(Path(os.environ.get("MAJORDOMO_KEY") or state_dir / "keys" / "federation"))
+
+
 def join_or_start(state_dir: Path, key: str, idle_s: float) -> str:
     """The URL of the project's resident federation, started now if none runs with our code and key.
 
@@ -253,7 +258,8 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
             os.close(fd)
         os.replace(tmp, info_path(state_dir))
         print(f"{READY} {url}", flush=True)
-        await _watch(state_dir, server, chefs, builds, idle_s, stopping)
+        _say(f"up: nats {url}, {EMBEDDED_CHEFS} local chefs, builds on {builds.socket_name}")
+        _say(f"stopping: {await _watch(state_dir, server, chefs, builds, idle_s, stopping)}")
         return 0
     finally:
         info_path(state_dir).unlink(missing_ok=True)
@@ -265,24 +271,36 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
 
 
 async def _watch(state_dir: Path, server: EmbeddedNats, chefs: LocalChefs, builds: BuildServer, idle_s: float,
-                 stopping: asyncio.Event) -> None:
-    """Until told to stop: every CHECK_S, stop if idle too long, abandoned, or a process died."""
+                 stopping: asyncio.Event) -> str:
+    """Until told to stop: every CHECK_S, stop if idle too long, abandoned, or a process died.
+    Returns why, for resident.log: an operator asks why the next build paid a cold start."""
     import asyncio
 
     last_used = time.monotonic()
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), CHECK_S)  # a periodic check, or the stop signal
-        if not info_path(state_dir).exists() or not server.running or not chefs.running:
-            return
+        if not info_path(state_dir).exists():
+            return f"{info_path(state_dir)} is gone (`majordomo stop`, or the state directory was removed)"
+        if not server.running:
+            return "nats-server exited"
+        if not chefs.running:
+            return f"a local chef exited (see {state_dir / 'chefs'}/*/chef.log)"
         try:
             if builds.busy or await asyncio.to_thread(_majordomo_connected, server.monitor_url):
                 last_used = time.monotonic()
-        except OSError:
-            return  # the server does not answer its monitor: nothing to keep
+        except OSError as exc:
+            return f"nats-server's monitor did not answer ({exc})"  # nothing left to keep
         last_used = max(last_used, builds.last_used)
         if time.monotonic() - last_used > idle_s and await _close_if_still_idle(state_dir, server, builds):
-            return
+            return f"no build for {idle_s:g} s (MAJORDOMO_RESIDENT)"
+    return "asked to (a signal: `majordomo stop`, or the build that found other code or settings)"
+
+
+def _say(line: str) -> None:
+    """One time-stamped line in resident.log (our stderr)."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} majordomo.resident[{os.getpid()}]: {line}", file=sys.stderr,
+          flush=True)
 
 
 async def _close_if_still_idle(state_dir: Path, server: EmbeddedNats, builds: BuildServer) -> bool:

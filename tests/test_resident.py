@@ -70,6 +70,8 @@ def test_builds_join_the_resident_federation_and_stop_ends_it(tmp_path: Path) ->
     assert stop.code == 0 and "stopped" in stop.stderr
     assert _wait_gone(processes) == []
     assert not (project / ".majordomo" / "resident.json").exists()
+    log = (project / ".majordomo" / "resident.log").read_text()
+    assert f"[{resident['pid']}]: up: nats " in log and f"[{resident['pid']}]: stopping: asked to" in log
 
 
 def test_an_idle_federation_stops_itself(tmp_path: Path) -> None:
@@ -80,6 +82,7 @@ def test_an_idle_federation_stops_itself(tmp_path: Path) -> None:
     processes = [resident["pid"], *_children_of(resident["pid"])]
     assert _wait_gone(processes) == []
     assert not (project / ".majordomo" / "resident.json").exists()
+    assert "stopping: no build for 1 s" in (project / ".majordomo" / "resident.log").read_text()  # says why
 
 
 def test_a_killed_supervisor_takes_its_processes_along_and_the_next_build_starts_afresh(tmp_path: Path) -> None:

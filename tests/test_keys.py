@@ -1,0 +1,31 @@
+"""Key files: made once, atomically, whoever asks first."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from artefacts.keys import load_or_create_key, public_key_line
+
+
+def test_processes_making_the_same_key_at_once_all_get_the_one_on_disk(tmp_path: Path) -> None:
+    """A first build and the resident federation it starts both make the project's key: each must
+    end up with the key the file holds, or one side's SFTP logins fail."""
+    path = tmp_path / "keys" / "federation"
+    start = threading.Barrier(6)
+    lines: list[str] = []
+
+    def make() -> None:
+        start.wait()
+        lines.append(public_key_line(load_or_create_key(path)))
+
+    threads = [threading.Thread(target=make) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    on_disk = public_key_line(load_or_create_key(path))
+    assert lines == [on_disk] * 6
+    assert Path(f"{path}.pub").read_text().strip() == on_disk
+    assert sorted(p.name for p in path.parent.iterdir()) == ["federation", "federation.pub"]  # no temp left
+    assert path.stat().st_mode & 0o777 == 0o600
