@@ -960,9 +960,10 @@ class Build:
         """Start joining (or starting) the project's resident federation in a thread now, before
         importing the federation stack (~90 ms of nats-py and asyncssh): a first build's start-up
         of the resident processes then overlaps that import instead of following it."""
-        from majordomo.resident import embedded_key, idle_seconds, join_or_start
+        from majordomo.resident import embedded_key, join_or_start, resident_idle_s
 
-        if self._shared is not None or self.options.nats_url is not None or (idle_s := idle_seconds()) <= 0:
+        # The Federation made below joins the resident one exactly when this says so (same defaults).
+        if self._shared is not None or (idle_s := resident_idle_s(self.options.nats_url)) <= 0:
             return None
         state_dir = self.root / ".majordomo"
         return asyncio.ensure_future(asyncio.to_thread(join_or_start, state_dir, embedded_key(state_dir), idle_s))

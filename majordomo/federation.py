@@ -27,7 +27,7 @@ from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
 from majordomo.chef_registry import ChefRegistry
 from majordomo.latch import Latch
-from majordomo.resident import embedded_key, idle_seconds, join_or_start, stop_resident
+from majordomo.resident import embedded_key, join_or_start, resident_idle_s, stop_resident
 from protocol import subjects
 from protocol.kinds import KNOWN_KINDS
 from protocol.messages import ChefInfo, Pod, SftpEndpoint
@@ -186,11 +186,11 @@ class Federation:
         # Final outputs are fetched straight into the workspace; the store only holds temp files.
         self.puller = Puller(fed_key, Store(self.state_dir / "store"))
         url = self.nats_url
-        idle_s = idle_seconds() if self.resident else 0.0
+        idle_s = resident_idle_s(url, resident=self.resident, attach_url=self.attach_url)
         if url is None and self.attach_url:
             # Not named "majordomo:": the supervisor counts those connections as builds in progress.
             self.nc = await connect(self.attach_url, f"resident:{self.pod_id}", on_reconnect=self._on_reconnect)
-        elif url is None and idle_s > 0:
+        elif idle_s > 0:
             self.nc = await self._join_resident(str(key_path), idle_s)
         else:
             if url is None:

@@ -177,6 +177,14 @@ def _suits(info: dict, key: str) -> bool:
     return info["fingerprint"] == fingerprint() and info.get("key") == key and info.get("env") == environment()
 
 
+def resident_idle_s(nats_url: str | None, *, resident: bool = True, attach_url: str | None = None) -> float:
+    """How long a federation joined with these settings stays up idle; 0 unless it is the
+    project's resident one (no `--nats`, not a watch's private one, not the supervisor's own)."""
+    if nats_url is not None or attach_url or not resident:
+        return 0.0
+    return idle_seconds()
+
+
 def embedded_key(state_dir: Path) -> str:
     """The federation key's path: MAJORDOMO_KEY, or the project's own (see federation.embedded_keys)."""
     return str(Path(os.environ.get("MAJORDOMO_KEY") or state_dir / "keys" / "federation"))

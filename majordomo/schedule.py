@@ -12,9 +12,10 @@ build measures them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 # Unmeasured steps: a fixed cost plus their inputs' bytes at a compiler's pace (gcc -O2 takes
@@ -81,18 +82,11 @@ class Slots:
                 return
         self._free += 1
 
-    def slot(self, priority: float = 0.0) -> _Held:
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: float = 0.0) -> AsyncIterator[None]:
         """`async with slots.slot(priority):` holds one slot for the block."""
-        return _Held(self, priority)
-
-
-class _Held:
-    def __init__(self, slots: Slots, priority: float) -> None:
-        self._slots = slots
-        self._priority = priority
-
-    async def __aenter__(self) -> None:
-        await self._slots.acquire(self._priority)
-
-    async def __aexit__(self, *_exc: object) -> None:
-        self._slots.release()
+        await self.acquire(priority)
+        try:
+            yield
+        finally:
+            self.release()

@@ -32,12 +32,18 @@ async def test_waiters_are_served_highest_priority_first_then_in_arrival_order()
     assert slots.free == 1
 
 
-async def test_a_cancelled_waiter_neither_takes_nor_loses_a_slot() -> None:
+async def _held_with_two_waiting() -> tuple[Slots, asyncio.Task[None], asyncio.Task[None]]:
+    """A one-slot pool, held, with a high-priority waiter and a low one queued behind it."""
     slots = Slots(1)
     await slots.acquire()
-    gone = asyncio.create_task(slots.acquire(9.0))
-    stays = asyncio.create_task(slots.acquire(1.0))
+    high = asyncio.create_task(slots.acquire(9.0))
+    low = asyncio.create_task(slots.acquire(1.0))
     await asyncio.sleep(0)
+    return slots, high, low
+
+
+async def test_a_cancelled_waiter_neither_takes_nor_loses_a_slot() -> None:
+    slots, gone, stays = await _held_with_two_waiting()
     gone.cancel()
     with pytest.raises(asyncio.CancelledError):
         await gone
@@ -48,11 +54,7 @@ async def test_a_cancelled_waiter_neither_takes_nor_loses_a_slot() -> None:
 
 
 async def test_a_waiter_cancelled_after_its_grant_passes_the_slot_on() -> None:
-    slots = Slots(1)
-    await slots.acquire()
-    granted = asyncio.create_task(slots.acquire(2.0))
-    nxt = asyncio.create_task(slots.acquire(1.0))
-    await asyncio.sleep(0)
+    slots, granted, nxt = await _held_with_two_waiting()
     slots.release()  # grants `granted`, which has not resumed yet
     granted.cancel()
     with pytest.raises(asyncio.CancelledError):
