@@ -966,7 +966,10 @@ class Build:
         if self._shared is not None or (idle_s := resident_idle_s(self.options.nats_url)) <= 0:
             return None
         state_dir = self.root / ".majordomo"
-        return asyncio.ensure_future(asyncio.to_thread(join_or_start, state_dir, embedded_key(state_dir), idle_s))
+        # run_in_executor hands the call to a thread now; `to_thread` would only once the loop
+        # runs again, which is after the imports this is meant to overlap.
+        return asyncio.get_running_loop().run_in_executor(None, join_or_start, state_dir, embedded_key(state_dir),
+                                                          idle_s)
 
     async def _cancel_on_chefs(self) -> None:
         """Cancelled (Ctrl-C): tell the chefs to stop this build's steps. Resident chefs would

@@ -133,3 +133,29 @@ def test_watch_runs_its_own_federation_and_leaves_nothing(tmp_path: Path) -> Non
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+async def test_a_first_build_starts_the_resident_federation_before_its_own_imports(tmp_path: Path,
+                                                                                   monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The join is handed to a thread at once: the build then imports nats-py and asyncssh (~90 ms,
+    without yielding to the loop) while the resident processes start. A join that waits for the
+    loop to run again would only start after those imports."""
+    import threading
+    from types import SimpleNamespace
+
+    import majordomo.resident
+    from majordomo.engine import Build
+
+    started = threading.Event()
+
+    def join_or_start(state_dir: Path, key: str, idle_s: float) -> str:
+        started.set()
+        return "nats://127.0.0.1:1"
+
+    monkeypatch.setattr(majordomo.resident, "join_or_start", join_or_start)
+    monkeypatch.setenv("MAJORDOMO_RESIDENT", "600")
+    build = SimpleNamespace(_shared=None, options=SimpleNamespace(nats_url=None), root=tmp_path)
+    joining = Build._join_resident_early(build)  # type: ignore[arg-type]
+    assert joining is not None
+    assert started.wait(GONE_S), "the join had not started before the loop ran again"  # no await in between
+    assert await joining == "nats://127.0.0.1:1"
