@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,6 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from artefacts.keys import load_or_create_key, public_key_line
-from artefacts.lifeline import die_with_parent
 from artefacts.mapwrites import FLUSH_S, MapWrites
 from artefacts.natsutil import EmbeddedNats, NatsUnreachable, connect, kv_bucket, local_address_towards
 from artefacts.ownership import FederationMaps
@@ -27,85 +25,10 @@ from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
 from majordomo.chef_registry import ChefRegistry
 from majordomo.latch import Latch
+from majordomo.local_chefs import EMBEDDED_CHEFS, FederationError, LocalChefs
 from majordomo.resident import embedded_key, join_or_start, resident_idle_s, stop_resident
 from protocol import subjects
-from protocol.kinds import KNOWN_KINDS
 from protocol.messages import ChefInfo, Pod, SftpEndpoint
-
-EMBEDDED_CHEFS = 2
-CHEF_START_TIMEOUT_S = 30.0
-
-
-class FederationError(Exception):
-    """The federation could not be joined or started; the message is for the user."""
-
-
-class LocalChefs:
-    """Chef processes the embedded federation starts on this machine, and stops afterwards."""
-
-    def __init__(self, state_dir: Path, nats_url: str, key: Path, authorized: Path, *,
-                 tied_to_parent: bool = False) -> None:
-        self.tied_to_parent = tied_to_parent  # the chefs die with us, even if we are SIGKILLed
-        self.state_dir = state_dir
-        self.nats_url = nats_url
-        self.key = key
-        self.authorized = authorized
-        self.procs: list[asyncio.subprocess.Process] = []
-
-    async def start(self, count: int) -> list[str]:
-        slots = max(1, os.cpu_count() or 1)
-        ids = [f"local-{n}" for n in range(1, count + 1)]
-        for chef_id in ids:
-            home = self.state_dir / "chefs" / chef_id
-            home.mkdir(parents=True, exist_ok=True)
-            log = open(home / "chef.log", "ab")  # noqa: ASYNC230 - only handed to the child
-            argv = [sys.executable, "-m", "chefs.cli", "--nats", self.nats_url, "--id", chef_id,
-                    "--home", str(home), "--key", str(self.key), "--authorized-keys", str(self.authorized),
-                    "--slots", str(slots),
-                    "--no-hand-over"]  # the local chefs stop together: nobody to hand over to
-            for kind in KNOWN_KINDS:
-                argv += ["--kind", kind]
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
-                start_new_session=True,  # Ctrl-C reaches only us; we stop the chefs in order
-                preexec_fn=die_with_parent() if self.tied_to_parent else None,
-            )
-            log.close()
-            self.procs.append(proc)
-        try:
-            await asyncio.wait_for(asyncio.gather(*(self._ready(p, i) for p, i in zip(self.procs, ids, strict=True))),
-                                   CHEF_START_TIMEOUT_S)
-        except TimeoutError:
-            raise FederationError(f"local chefs did not start within {CHEF_START_TIMEOUT_S:g}s; "
-                                  f"see {self.state_dir / 'chefs'}/*/chef.log") from None
-        return ids
-
-    @property
-    def running(self) -> bool:
-        return bool(self.procs) and all(p.returncode is None for p in self.procs)
-
-    async def _ready(self, proc: asyncio.subprocess.Process, chef_id: str) -> None:
-        assert proc.stdout
-        line = await proc.stdout.readline()
-        if b"ready" not in line:
-            await proc.wait()
-            log = self.state_dir / "chefs" / chef_id / "chef.log"
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-            raise FederationError(f"local chef {chef_id} failed to start: {' '.join(tail)}")
-
-    async def stop(self) -> None:
-        for proc in self.procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        self.procs.clear()
 
 
 class Federation:

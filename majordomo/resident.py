@@ -35,9 +35,9 @@ from artefacts.lifeline import pid_alive
 if TYPE_CHECKING:
     import asyncio
 
-    from artefacts.natsutil import EmbeddedNats
+    from artefacts.embedded_nats import EmbeddedNats
     from majordomo.build_server import BuildServer
-    from majordomo.federation import LocalChefs
+    from majordomo.local_chefs import LocalChefs
 
 READY = "resident-ready"
 DEFAULT_IDLE_S = 600.0
@@ -235,9 +235,8 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
     import shutil
     import signal
 
-    from artefacts.natsutil import EmbeddedNats
-    from majordomo.build_server import BuildServer
-    from majordomo.federation import EMBEDDED_CHEFS, LocalChefs, embedded_keys
+    from artefacts.embedded_nats import EmbeddedNats
+    from majordomo.local_chefs import EMBEDDED_CHEFS, LocalChefs
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -249,12 +248,17 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
     chefs: LocalChefs | None = None
     builds: BuildServer | None = None
     try:
+        # nats-server and the chefs first, the build server's imports (~120 ms of nats-py and
+        # asyncssh) while the chefs start: a first build waits for the chefs, not for both in turn.
         url = await server.start()
-        key_path, authorized = await embedded_keys(state_dir)
+        key_path, authorized = await _federation_keys(state_dir)
         chefs = LocalChefs(state_dir, url, key_path, authorized, tied_to_parent=True)
-        await chefs.start(EMBEDDED_CHEFS)
+        await chefs.spawn(EMBEDDED_CHEFS)
+        from majordomo.build_server import BuildServer
+
         builds = BuildServer(state_dir.parent, url)
         await builds.start()
+        await chefs.ready()
         info = {"url": url, "pid": os.getpid(), "fingerprint": fingerprint(), "idle_s": idle_s, "key": str(key_path),
                 "env": environment(), "socket": builds.socket_name}
         tmp = info_path(state_dir).with_suffix(".tmp")
@@ -276,6 +280,18 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
         if chefs:
             await chefs.stop()
         await server.stop()
+
+
+async def _federation_keys(state_dir: Path) -> tuple[Path, Path]:
+    """The federation key pair's paths, made first if missing. An existing pair is not read here
+    (the chefs and the build server read it): that would import asyncssh before the chefs start."""
+    key = Path(embedded_key(state_dir))
+    public = key.with_name(key.name + ".pub")
+    if key.is_file() and public.is_file():
+        return key, public
+    from majordomo.federation import embedded_keys
+
+    return await embedded_keys(state_dir)
 
 
 async def _watch(state_dir: Path, server: EmbeddedNats, chefs: LocalChefs, builds: BuildServer, idle_s: float,
