@@ -159,3 +159,24 @@ async def test_a_first_build_starts_the_resident_federation_before_its_own_impor
     assert joining is not None
     assert started.wait(GONE_S), "the join had not started before the loop ran again"  # no await in between
     assert await joining == "nats://127.0.0.1:1"
+
+
+def test_the_supervisor_starts_nats_and_chefs_without_importing_the_federation_stack(tmp_path: Path) -> None:
+    """What the supervisor runs before its chefs start imports neither nats-py nor asyncssh (~120 ms
+    the chefs would otherwise wait for), and an existing key pair is passed on, not read."""
+    keys = tmp_path / ".majordomo" / "keys"
+    keys.mkdir(parents=True)
+    (keys / "federation").write_text("read by the chefs, not here\n")
+    (keys / "federation.pub").write_text("ssh-ed25519 AAAA\n")
+    code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "import artefacts.embedded_nats, majordomo.local_chefs, majordomo.resident\n"
+        f"print(asyncio.run(majordomo.resident._federation_keys(Path({str(tmp_path / '.majordomo')!r}))))\n"
+        "print(sorted(m for m in ('nats', 'asyncssh', 'majordomo.federation', 'majordomo.build_server')"
+        " if m in sys.modules))\n")
+    env = {k: v for k, v in os.environ.items() if k != "MAJORDOMO_KEY"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[0] == repr((keys / "federation", keys / "federation.pub"))
+    assert out[1] == "[]"
