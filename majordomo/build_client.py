@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 RETRY = -1
 EXIT_SERVER_LOST = 1
@@ -43,6 +44,15 @@ def build_in_resident(root: Path, argv: list[str]) -> int | None:
         if code != RETRY:
             return code
     return None
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the thin client once the server's answer is out: it holds nothing to finalise (no
+    thread, no file of its own), and the interpreter's teardown was ~4 ms of every build."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a reader that went away: nothing more to tell it
+            stream.flush()
+    os._exit(code)
 
 
 def socket_address(state_dir: Path, name: str) -> tuple[str, int]:

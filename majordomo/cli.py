@@ -161,14 +161,14 @@ def _metrics_server(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    called_with, argv = argv, sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     if args.command in _HEAVY_COMMANDS:
         return __import__(_HEAVY_COMMANDS[args.command][0], fromlist=["run"]).run(args)
     try:
         if args.command == "build":
-            return _build(args, argv)
+            return _build(args, argv, command_line=called_with is None)
         if args.command == "log":
             return _log(args)
         if args.command == "explain":
@@ -269,17 +269,21 @@ def _check_normalisers(project) -> None:  # type: ignore[no-untyped-def]
                                   recipe=step.recipe) from None
 
 
-def _build(args: argparse.Namespace, argv: list[str]) -> int:
+def _build(args: argparse.Namespace, argv: list[str], *, command_line: bool = False) -> int:
+    """`command_line`: this process is the `majordomo` command (not a caller of `main`), so a build
+    answered by the resident server may end the process as soon as its output is out."""
     root = args.directory.resolve()
     nats_url = args.nats or _config_nats()
     stamp_key = _stamp_key(args, nats_url)
     # A resident build server knows from its watch what changed (majordomo/tree_watch.py): it
     # answers a no-op sooner than this process could stat every file.
     if nats_url is None and _may_build_in_resident(args, root):
-        from majordomo.build_client import build_in_resident
+        from majordomo.build_client import build_in_resident, exit_now
 
         code = build_in_resident(root, argv)
         if code is not None:
+            if command_line:
+                exit_now(code)
             return code
     from majordomo import noop
 
