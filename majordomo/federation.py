@@ -26,7 +26,7 @@ from artefacts.store import Store
 from majordomo.chef_registry import ChefRegistry
 from majordomo.latch import Latch
 from majordomo.local_chefs import EMBEDDED_CHEFS, FederationError, LocalChefs
-from majordomo.resident import embedded_key, join_or_start, resident_idle_s, stop_resident
+from majordomo.resident import embedded_keys, join_or_start, resident_idle_s, stop_resident
 from protocol import subjects
 from protocol.messages import ChefInfo, Pod, SftpEndpoint
 
@@ -214,16 +214,6 @@ class Federation:
             await self.sftp.stop()
         self.local_chefs = self.nc = self.embedded = self.puller = self.sftp = None
         self.pod = None
-
-
-async def embedded_keys(state_dir: Path) -> tuple[Path, Path]:
-    """The federation key (and its .pub, which chefs authorize): MAJORDOMO_KEY, which an operator
-    hands out to every pod, or the project's own for the embedded federation."""
-    keys = state_dir / "keys"
-    keys.mkdir(parents=True, exist_ok=True)
-    key_path = Path(embedded_key(state_dir))
-    await asyncio.to_thread(load_or_create_key, key_path)
-    return key_path, key_path.with_name(key_path.name + ".pub")
 
 
 def endpoint_of(chef: ChefInfo) -> SftpEndpoint:

@@ -186,8 +186,25 @@ def resident_idle_s(nats_url: str | None, *, resident: bool = True, attach_url: 
 
 
 def embedded_key(state_dir: Path) -> str:
-    """The federation key's path: MAJORDOMO_KEY, or the project's own (see federation.embedded_keys)."""
+    """The federation key's path: MAJORDOMO_KEY, or the project's own (see embedded_keys)."""
     return str(Path(os.environ.get("MAJORDOMO_KEY") or state_dir / "keys" / "federation"))
+
+
+async def embedded_keys(state_dir: Path) -> tuple[Path, Path]:
+    """The federation key (and its .pub, which chefs authorize): MAJORDOMO_KEY, which an operator
+    hands out to every pod, or the project's own for the embedded federation, made if missing.
+
+    An existing pair is not read here (its users read it): the supervisor calls this before its
+    chefs start, and reading a key imports asyncssh (~60 ms)."""
+    import asyncio
+
+    key = Path(embedded_key(state_dir))
+    public = key.with_name(key.name + ".pub")
+    if not (key.is_file() and public.is_file()):
+        from artefacts.keys import load_or_create_key
+
+        await asyncio.to_thread(load_or_create_key, key)
+    return key, public
 
 
 def join_or_start(state_dir: Path, key: str, idle_s: float) -> str:
@@ -251,7 +268,7 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
         # nats-server and the chefs first, the build server's imports (~120 ms of nats-py and
         # asyncssh) while the chefs start: a first build waits for the chefs, not for both in turn.
         url = await server.start()
-        key_path, authorized = await _federation_keys(state_dir)
+        key_path, authorized = await embedded_keys(state_dir)
         chefs = LocalChefs(state_dir, url, key_path, authorized, tied_to_parent=True)
         await chefs.spawn(EMBEDDED_CHEFS)
         from majordomo.build_server import BuildServer
@@ -280,18 +297,6 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
         if chefs:
             await chefs.stop()
         await server.stop()
-
-
-async def _federation_keys(state_dir: Path) -> tuple[Path, Path]:
-    """The federation key pair's paths, made first if missing. An existing pair is not read here
-    (the chefs and the build server read it): that would import asyncssh before the chefs start."""
-    key = Path(embedded_key(state_dir))
-    public = key.with_name(key.name + ".pub")
-    if key.is_file() and public.is_file():
-        return key, public
-    from majordomo.federation import embedded_keys
-
-    return await embedded_keys(state_dir)
 
 
 async def _watch(state_dir: Path, server: EmbeddedNats, chefs: LocalChefs, builds: BuildServer, idle_s: float,

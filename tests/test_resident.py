@@ -172,7 +172,7 @@ def test_the_supervisor_starts_nats_and_chefs_without_importing_the_federation_s
         "import asyncio, sys\n"
         "from pathlib import Path\n"
         "import artefacts.embedded_nats, majordomo.local_chefs, majordomo.resident\n"
-        f"print(asyncio.run(majordomo.resident._federation_keys(Path({str(tmp_path / '.majordomo')!r}))))\n"
+        f"print(asyncio.run(majordomo.resident.embedded_keys(Path({str(tmp_path / '.majordomo')!r}))))\n"
         "print(sorted(m for m in ('nats', 'asyncssh', 'majordomo.federation', 'majordomo.build_server')"
         " if m in sys.modules))\n")
     env = {k: v for k, v in os.environ.items() if k != "MAJORDOMO_KEY"}

@@ -81,6 +81,18 @@ def test_unmeasured_steps_are_ordered_by_their_inputs_size() -> None:
 STAMP = "date +%s%N > $@"
 
 
+def _stamping_steps(names: list[str], slow: frozenset[str] | set[str] = frozenset()) -> str:
+    """A step per name, `<name>.txt` -> `out/<name>` holding its start time; the `slow` ones then
+    sleep 0.3 s."""
+    return "".join(f"""
+    [[step]]
+    name = "{n}"
+    inputs = ["{n}.txt"]
+    outputs = ["out/{n}"]
+    command = "{STAMP}{'; sleep 0.3' if n in slow else ''}"
+    """ for n in names)
+
+
 def _run_order(project: Path, names: list[str]) -> list[str]:
     """The steps in the order they started: each output holds its step's start time."""
     return sorted(names, key=lambda n: int((project / "out" / n).read_text()))
@@ -94,14 +106,8 @@ def test_one_slot_runs_the_longest_chain_first_measured_or_guessed(tmp_path: Pat
     few ms, so `slow` goes first: in the resident build server (the first build ran in-process); then
     with the state deleted, from the server's memory; then after `majordomo stop` (no memory), from
     the durations recorded in the state."""
-    recipe = "".join(f"""
-    [[step]]
-    name = "{n}"
-    inputs = ["{n}.txt"]
-    outputs = ["out/{n}"]
-    command = "{STAMP}{'; sleep 0.3' if n == 'slow' else ''}"
-    """ for n in ("slow", "wide-1", "wide-2", "wide-3"))
     names = ["slow", "wide-1", "wide-2", "wide-3"]
+    recipe = _stamping_steps(names, slow={"slow"})
 
     def inputs(round_: int) -> dict[str, str]:
         return {"slow.txt": f"{round_}\n", **{f"{n}.txt": f"{round_}\n" + "x" * 60_000 for n in names[1:]}}
@@ -127,13 +133,7 @@ def test_one_slot_runs_the_longest_chain_first_measured_or_guessed(tmp_path: Pat
 
 def test_a_long_step_with_work_behind_it_starts_before_short_independent_ones(tmp_path: Path) -> None:
     """Recipe order puts the short steps first; the chain `big` -> `after-big` is the critical path."""
-    recipe = "".join(f"""
-    [[step]]
-    name = "{n}"
-    inputs = ["{n}.txt"]
-    outputs = ["out/{n}"]
-    command = "{STAMP}"
-    """ for n in ("short-a", "short-b", "short-c", "big")) + """
+    recipe = _stamping_steps(["short-a", "short-b", "short-c", "big"]) + """
     [[step]]
     name = "after-big"
     inputs = ["out/big"]
