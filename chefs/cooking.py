@@ -15,6 +15,7 @@ from typing import Any
 
 from artefacts.normalise import NormaliserError, normalised_digest
 from artefacts.store import Store
+from chefs.command import SHELL
 from chefs.discovery import parse_depfile, parse_fls, project_relative
 from chefs.latexlog import summarise_latex_log
 from chefs.sandbox import bwrap_path, can_protect_by_owner, input_owner, plain_argv, sandbox_argv
@@ -157,11 +158,14 @@ class Cook:
         argv = sandbox_argv(self.bwrap, cwd, binds, step.command) if self.bwrap else plain_argv(step.command)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp" if self.bwrap else str(cwd),
                **BASE_ENV, **step.env}
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # so a timeout can kill the whole process group
-        )
+        try:
+            proc = await self._spawn(argv, cwd, env)
+        except OSError:
+            if self.bwrap or argv[0] == SHELL:
+                raise
+            # Exec'd directly and not startable (not found, not executable, a script without #!):
+            # the shell says why in its own words, and runs a #!-less script as sh would.
+            proc = await self._spawn([SHELL, "-c", step.command], cwd, env)
         timed_out = False
         output = _TailBuffer(LOG_LIMIT)
         try:
@@ -175,6 +179,14 @@ class Cook:
             await proc.wait()
             raise
         return proc.returncode if proc.returncode is not None else -1, output.text(), timed_out
+
+    @staticmethod
+    async def _spawn(argv: list[str], cwd: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # so a timeout can kill the whole process group
+        )
 
     async def _stream(self, step: StepRequest, proc: asyncio.subprocess.Process, output: _TailBuffer) -> None:
         """Keep the output's tail for the result, and pass it on as it comes, at most every

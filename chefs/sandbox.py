@@ -26,6 +26,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from chefs.command import command_argv
+
 SANDBOX_ROOT = "/work"
 _SYSTEM_DIRS = ("/usr", "/etc", "/opt", "/var/lib/texmf", "/var/cache/fontconfig")
 NOBODY = 65534  # the kernel's overflow id: what an unmapped owner looks like inside a user namespace
@@ -125,9 +127,9 @@ def sandbox_argv(bwrap: str, task_dir: Path, read_only_binds: Iterable[str], com
     argv += ["--bind", str(task_dir), SANDBOX_ROOT]
     for rel in read_only_binds:
         argv += ["--ro-bind", str(task_dir / rel), f"{SANDBOX_ROOT}/{rel}"]
-    argv += ["--chdir", SANDBOX_ROOT, "/bin/sh", "-c", command]
+    argv += ["--chdir", SANDBOX_ROOT, *command_argv(command)]
     return argv
 
 
 def plain_argv(command: str) -> list[str]:
-    return ["/bin/sh", "-c", command]
+    return command_argv(command)
