@@ -6,12 +6,21 @@ Public keys travel as OpenSSH lines (`ssh-ed25519 AAAA... comment`), e.g. in `Sf
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncssh
+from artefacts.lazymodule import LazyModule
+
+if TYPE_CHECKING:
+    import asyncssh
+else:
+    asyncssh = LazyModule("asyncssh")  # only making or loading a key, or trust objects, need it
 
 KEY_ALGORITHM = "ssh-ed25519"
 
@@ -36,6 +45,20 @@ def load_or_create_key(path: Path, comment: str = "computepods") -> asyncssh.SSH
     if not pub.exists():
         _atomic_write(pub, public_key_line(key).encode() + b"\n", 0o644)
     return key
+
+
+def ensure_key(path: Path, comment: str = "computepods") -> str:
+    """The OpenSSH public key line of the key at `path`, made (with `<path>.pub`) if missing.
+
+    Read from `<path>.pub` when both files exist: no asyncssh import, which a process that never
+    speaks SFTP does not need. Whoever loads the private key later checks that it matches
+    (`matches_public_line`). Blocking: call it at start-up or in a thread."""
+    pub = Path(f"{path}.pub")
+    if Path(path).exists() and pub.exists():
+        line = pub.read_text().strip()
+        check_public_key_line(line, str(pub))
+        return line
+    return public_key_line(load_or_create_key(path, comment))
 
 
 def _atomic_write(path: Path, data: bytes, mode: int, *, replace: bool = True) -> bool:
@@ -69,8 +92,33 @@ def public_key_line(key: asyncssh.SSHKey) -> str:
 def fingerprint(key: asyncssh.SSHKey | str) -> str:
     """`SHA256:...` fingerprint of a key or of an OpenSSH public key line, as `ssh-keygen -l` shows it."""
     if isinstance(key, str):
-        key = import_public_key(key)
+        blob = check_public_key_line(key)
+        return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
     return key.get_fingerprint("sha256")
+
+
+def check_public_key_line(line: str, where: str = "") -> bytes:
+    """The key blob of an OpenSSH public key line (`type base64 [comment]`); ValueError naming
+    `where` if the line is not one. The blob's own type must be the line's: a checked line is
+    one asyncssh parses later, without importing it now."""
+    fields = line.split()
+    context = f"{where}: " if where else ""
+    try:
+        if len(fields) < 2:
+            raise ValueError
+        blob = base64.b64decode(fields[1], validate=True)
+        size = int.from_bytes(blob[:4], "big")
+        if blob[4:4 + size].decode("ascii") != fields[0] or len(blob) <= 4 + size:
+            raise ValueError
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        shown = line if len(line) <= 60 else line[:57] + "..."
+        raise ValueError(f"{context}not an OpenSSH public key line: {shown!r}") from None
+    return blob
+
+
+def matches_public_line(key: asyncssh.SSHKey, line: str) -> bool:
+    """Whether `line` (e.g. what a `.pub` file said) is the public key of `key`."""
+    return public_key_line(key).split()[:2] == line.split()[:2]
 
 
 def import_public_key(line: str) -> asyncssh.SSHKey:

@@ -20,12 +20,11 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import asyncssh
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from artefacts.hashing import StreamHasher
-from artefacts.keys import fingerprint, known_hosts_for
+from artefacts.keys import fingerprint, known_hosts_for, load_or_create_key
+from artefacts.lazymodule import LazyModule
 from artefacts.samehost import (
     LocalMismatch,
     copy_verified,
@@ -34,10 +33,15 @@ from artefacts.samehost import (
     link_entry,
     local_path,
 )
-from artefacts.sftp_server import COMPRESSION_ALGS, ENCRYPTION_ALGS, MAX_PKTSIZE, WINDOW
+from artefacts.sftp_settings import COMPRESSION_ALGS, ENCRYPTION_ALGS, MAX_PKTSIZE, WINDOW
 from artefacts.store import LINK_FALLBACK_ERRNOS, Store
 from protocol.digests import parse_digest, store_relpath
 from protocol.messages import LAYOUT_STORE, LocalAccess, SftpEndpoint
+
+if TYPE_CHECKING:
+    import asyncssh
+else:
+    asyncssh = LazyModule("asyncssh")  # imported by the first pull that needs SFTP: same-host pulls do not
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +226,7 @@ class Puller:
     entries (for a pod whose steps could write through a shared inode).
     """
 
-    def __init__(self, client_key: asyncssh.SSHKey, store: Store, *, parallel: int = DEFAULT_PARALLEL,
+    def __init__(self, client_key: asyncssh.SSHKey | Path, store: Store, *, parallel: int = DEFAULT_PARALLEL,
                  block_size: int = DEFAULT_BLOCK_SIZE, transfers: int = DEFAULT_TRANSFERS,
                  connect_timeout: float = CONNECT_TIMEOUT,
                  io_timeout: float = IO_TIMEOUT, encryption_algs: Sequence[str] | None = None,
@@ -230,7 +234,7 @@ class Puller:
                  link: bool = True) -> None:
         if parallel < 1 or block_size < 1 or transfers < 1:
             raise ValueError("parallel, block_size and transfers must be positive")
-        self._key = client_key
+        self._key = client_key  # a key file is read at the first SFTP connection
         self._store = store
         self._parallel = parallel
         self._block_size = block_size
@@ -258,7 +262,14 @@ class Puller:
 
     # ---- connections -------------------------------------------------------------------------------
 
+    async def _client_key(self) -> asyncssh.SSHKey:
+        if isinstance(self._key, Path):
+            await asyncio.to_thread(asyncssh.import_now)  # ~90 ms of imports, not on the event loop
+            self._key = await asyncio.to_thread(load_or_create_key, self._key)
+        return self._key
+
     async def _connect(self, ep: SftpEndpoint) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
+        client_key = await self._client_key()
         try:
             known_hosts = known_hosts_for([ep.host_key])
         except (ValueError, asyncssh.KeyImportError) as exc:
@@ -269,7 +280,7 @@ class Puller:
                     ep.host, ep.port,
                     config=None,  # never read ~/.ssh/config: it could redirect or weaken the connection
                     known_hosts=known_hosts,
-                    client_keys=[self._key], agent_path=None, username=USERNAME,
+                    client_keys=[client_key], agent_path=None, username=USERNAME,
                     password_auth=False, kbdint_auth=False, host_based_auth=False,
                     gss_host=None, gss_kex=False, gss_auth=False,
                     encryption_algs=self._encryption_algs, compression_algs=COMPRESSION_ALGS,

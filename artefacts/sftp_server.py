@@ -16,8 +16,9 @@ import asyncio
 import errno
 import logging
 import os
+import socket
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncssh
@@ -37,59 +38,16 @@ from asyncssh.sftp import (
 )
 
 from artefacts.keys import authorized_keys_for, fingerprint, public_key_line
-from protocol.digests import digest_from_store_relpath, store_relpath
+from artefacts.resolver import Resolver, store_resolver  # noqa: F401 - store_resolver: its old home
+from artefacts.sftp_settings import COMPRESSION_ALGS, ENCRYPTION_ALGS, LOGIN_TIMEOUT, MAX_PKTSIZE, WINDOW
+from protocol.digests import digest_from_store_relpath
 from protocol.messages import LocalAccess, SftpEndpoint
 
 log = logging.getLogger(__name__)
 
-Resolver = Callable[[str], Path | None]
-"""digest -> canonical (realpath'ed, absolute) path of a regular file holding it, or None.
-
-Called in a worker thread. The server opens the path with O_NOFOLLOW and refuses it unless the kernel's
-name for the opened descriptor is exactly that path, so a non-canonical path is refused, not served.
-"""
-
-# Transport tuning, measured here with asyncssh's own cipher objects (`cryptography` backend, AES-NI),
-# encrypting 256 KiB packets: aes128-gcm@openssh.com ~9,900 MiB/s, chacha20-poly1305@openssh.com (the
-# asyncssh default) ~1,900 MiB/s, aes128-ctr + hmac-sha2-256-etm ~1,200 MiB/s. GCM first; the others only
-# as fallbacks for foreign peers.
-ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-                   "aes128-ctr"]
-COMPRESSION_ALGS = ["none"]  # artefacts are often compressed already; zlib costs far more CPU than it saves
-# A big window keeps read replies flowing without waiting for window adjusts. The channel packet size
-# (what the *receiver* announces, so the Puller's setting decides downloads) is a sweet spot, measured on
-# loopback: asyncssh reassembles an SSH packet from 256 KiB socket reads by concatenation, so multi-MiB
-# packets cost quadratic copying (4 MiB: ~300 MiB/s), while small ones cost per-packet Python overhead
-# (32 KiB, the default, and 64 KiB take visibly more CPU). 256 KiB: lowest CPU, ~550 MiB/s.
-WINDOW = 64 * 1024 * 1024
-MAX_PKTSIZE = 256 * 1024
-LOGIN_TIMEOUT = 30.0
-
 _WRITE_PFLAGS = FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC | FXF_EXCL
 _WRITE_ACCESS = ACE4_WRITE_DATA | ACE4_APPEND_DATA | ACE4_WRITE_ATTRIBUTES
 _HAVE_NOWAIT = hasattr(os, "RWF_NOWAIT") and hasattr(os, "preadv")
-
-
-def store_resolver(store_root: Path) -> Resolver:
-    """Resolve digests to files of a content-addressed store laid out as `<root>/<algo>/<ab>/<cd>/<hex>`.
-
-    Refuses a digest unless the real path of its file stays inside the real store root and the entry
-    itself is a regular file, not a symlink (a symlink planted in the store must not leak what it points at).
-    """
-    root = os.path.realpath(store_root)
-
-    def resolve(digest: str) -> Path | None:
-        candidate = os.path.join(root, store_relpath(digest))
-        real = os.path.realpath(candidate)
-        if real != candidate or os.path.commonpath([root, real]) != root:
-            return None  # some component is a symlink, or the path leaves the root
-        try:
-            st = os.lstat(real)
-        except OSError:
-            return None
-        return Path(real) if stat.S_ISREG(st.st_mode) else None
-
-    return resolve
 
 
 def _open_checked(path: Path) -> tuple[int, os.stat_result]:
@@ -334,13 +292,15 @@ class ArtefactServer:
         """Requests refused: bad paths, unknown digests, and every attempted write or listing."""
         return self._counters.refused
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        """Listen; returns the address and the port actually bound (useful with port=0)."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *,
+                    sock: socket.socket | None = None) -> tuple[str, int]:
+        """Listen (on `sock`, a listening socket, if given); returns the address and the port actually
+        bound (useful with port=0)."""
         if self._acceptor is not None:
             raise RuntimeError("already started")
         counters, resolve = self._counters, self._resolve
         self._acceptor = await asyncssh.listen(
-            host, port,
+            host, port, sock=sock,
             server_factory=lambda: _ConnectionGuard(self._connections),
             server_host_keys=[self._host_key],
             authorized_client_keys=self._authorized,

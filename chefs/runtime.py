@@ -21,13 +21,14 @@ from nats.aio.msg import Msg
 from nats.micro.request import Request
 
 from artefacts.hashing import hash_files
-from artefacts.keys import load_or_create_key, public_key_line
+from artefacts.keys import ensure_key
 from artefacts.mapwrites import FLUSH_S, MapWrites
 from artefacts.natsutil import JETSTREAM_READY_S, connect, kv_bucket, kv_keys, when_jetstream_ready
 from artefacts.ownership import FederationMaps
+from artefacts.resolver import store_resolver
 from artefacts.samehost import store_access
 from artefacts.sftp_client import VIA_COPY, VIA_LINK, VIA_SFTP, DigestMismatch, Puller, PullError
-from artefacts.sftp_server import ArtefactServer, store_resolver
+from artefacts.sftp_listener import LazyArtefactServer
 from artefacts.store import Store
 from artefacts.toolprobe import ToolProbe
 from chefs.answers import Answers, AttemptKey, attempt_key
@@ -93,7 +94,7 @@ class Chef:
         self._deregistered = asyncio.Event()
         self._nc: NATS | None = None
         self._service: nats.micro.service.Service | None = None
-        self._sftp: ArtefactServer | None = None
+        self._sftp: LazyArtefactServer | None = None
         self._puller: Puller | None = None
         self._info: ChefInfo | None = None
         self._kv = None
@@ -116,9 +117,11 @@ class Chef:
         cfg = self.config
         cfg.home.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.store.recover)
-        host_key = await asyncio.to_thread(load_or_create_key, cfg.home / "host_key")
-        client_key = await asyncio.to_thread(load_or_create_key, cfg.client_key or cfg.home / "client_key")
-        authorized = cfg.authorized_keys or [public_key_line(client_key)]
+        # Public lines only: asyncssh is imported when SFTP is first used (artefacts/sftp_listener.py).
+        host_key_line = await asyncio.to_thread(ensure_key, cfg.home / "host_key")
+        client_key = cfg.client_key or cfg.home / "client_key"
+        client_key_line = await asyncio.to_thread(ensure_key, client_key)
+        authorized = cfg.authorized_keys or [client_key_line]
         probe = ToolProbe(cfg.home / "tools.json")
         wanted = sorted({t for k in cfg.kinds for t in KIND_TOOLS.get(k, ())} | set(cfg.extra_tools))
         tools = await probe.identities(wanted)
@@ -130,7 +133,8 @@ class Chef:
         if cfg.sandbox and not self.cook.sandboxed:
             log.warning("chef %s: bwrap not found: steps run UNSANDBOXED in plain task dirs", cfg.id)
 
-        self._sftp = ArtefactServer(store_resolver(self.store.root), host_key, authorized)
+        self._sftp = LazyArtefactServer(store_resolver(self.store.root), cfg.home / "host_key", host_key_line,
+                                        authorized)
         host, _port = await self._sftp.start(*cfg.sftp_listen)
         # Same-host pullers may hardlink our entries only if no step of ours can write through a link
         # (bwrap binds inputs read-only); for the same reason an unsandboxed chef copies instead of linking.

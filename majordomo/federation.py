@@ -15,13 +15,13 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
-from artefacts.keys import load_or_create_key, public_key_line
+from artefacts.keys import ensure_key
 from artefacts.mapwrites import FLUSH_S, MapWrites
 from artefacts.natsutil import EmbeddedNats, NatsUnreachable, connect, kv_bucket, local_address_towards
 from artefacts.ownership import FederationMaps
 from artefacts.samehost import workspace_access
 from artefacts.sftp_client import Puller
-from artefacts.sftp_server import ArtefactServer
+from artefacts.sftp_listener import LazyArtefactServer
 from artefacts.store import Store
 from majordomo.chef_registry import ChefRegistry
 from majordomo.latch import Latch
@@ -59,7 +59,7 @@ class Federation:
         self.nc: NATS | None = None
         self.embedded: EmbeddedNats | None = None
         self.local_chefs: LocalChefs | None = None
-        self.sftp: ArtefactServer | None = None
+        self.sftp: LazyArtefactServer | None = None
         self.puller: Puller | None = None
         self.pod: Pod | None = None
         self._registry: ChefRegistry | None = None
@@ -86,14 +86,16 @@ class Federation:
 
     async def start(self) -> None:
         key_path, authorized = await embedded_keys(self.state_dir)
-        fed_key = await asyncio.to_thread(load_or_create_key, key_path)
-        host_key = await asyncio.to_thread(load_or_create_key, self.state_dir / "keys" / "host")
+        # Public lines only: asyncssh is imported when SFTP is first used (artefacts/sftp_listener.py).
+        fed_key_line = await asyncio.to_thread(ensure_key, key_path)
+        host_key = self.state_dir / "keys" / "host"
+        host_key_line = await asyncio.to_thread(ensure_key, host_key)
         extra = os.environ.get("MAJORDOMO_AUTHORIZED_KEYS")
-        lines = [public_key_line(fed_key)]
+        lines = [fed_key_line]
         if extra and Path(extra).exists():
             lines += [ln.strip() for ln in Path(extra).read_text().splitlines() if ln.strip()]
         # Through an indirection: `watch` points one long-lived server at each new build's files.
-        self.sftp = ArtefactServer(lambda digest: self.resolve(digest), host_key, lines)
+        self.sftp = LazyArtefactServer(lambda digest: self.resolve(digest), host_key, host_key_line, lines)
         listen = self.sftp_listen
         advertise = self.advertise_host
         if self.nats_url and listen[0] == "127.0.0.1" and not advertise:
@@ -107,7 +109,7 @@ class Federation:
         local = workspace_access(self.root)
         self.pod = Pod(id=self.pod_id, sftp=self.sftp.endpoint(advertise or host, local=local))
         # Final outputs are fetched straight into the workspace; the store only holds temp files.
-        self.puller = Puller(fed_key, Store(self.state_dir / "store"))
+        self.puller = Puller(Path(key_path), Store(self.state_dir / "store"))
         url = self.nats_url
         idle_s = resident_idle_s(url, resident=self.resident, attach_url=self.attach_url)
         if url is None and self.attach_url:
