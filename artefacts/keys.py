@@ -22,43 +22,65 @@ if TYPE_CHECKING:
 else:
     asyncssh = LazyModule("asyncssh")  # only making or loading a key, or trust objects, need it
 
-KEY_ALGORITHM = "ssh-ed25519"
 
 
 def load_or_create_key(path: Path, comment: str = "computepods") -> asyncssh.SSHKey:
-    """Load the private key at `path`, or make a new ed25519 key there (mode 0600) with `<path>.pub` beside it.
-
-    Writes are atomic (temp file + rename) so that a crash never leaves a truncated key that would change
-    the pod's identity on the next start. Two processes making it at once (a first build and the
-    resident federation it starts) end up with one key: the first to link it in place wins, the
-    other loads the winner's. Blocking: call it at start-up or in a thread.
-    """
-    path = Path(path)
-    if not path.exists():
-        made = asyncssh.generate_private_key(KEY_ALGORITHM, comment=comment)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if _atomic_write(path, made.export_private_key("openssh"), 0o600, replace=False):
-            _atomic_write(Path(f"{path}.pub"), public_key_line(made).encode() + b"\n", 0o644)
-            return made
+    """Load the private key at `path`, or make a new ed25519 key there first (`ensure_key`)."""
+    fields = ensure_key(path, comment).split(maxsplit=2)
     key = asyncssh.read_private_key(str(path))
-    pub = Path(f"{path}.pub")
-    if not pub.exists():
-        _atomic_write(pub, public_key_line(key).encode() + b"\n", 0o644)
+    key.set_comment(fields[2] if len(fields) > 2 else None)  # the .pub line's: cryptography writes none in the file
     return key
 
 
 def ensure_key(path: Path, comment: str = "computepods") -> str:
-    """The OpenSSH public key line of the key at `path`, made (with `<path>.pub`) if missing.
+    """The OpenSSH public key line of the key at `path`, made (mode 0600, `<path>.pub` beside it)
+    if missing. Blocking: call it at start-up or in a thread.
 
-    Read from `<path>.pub` when both files exist: no asyncssh import, which a process that never
-    speaks SFTP does not need. Whoever loads the private key later checks that it matches
-    (`matches_public_line`). Blocking: call it at start-up or in a thread."""
+    No asyncssh: a process that never speaks SFTP does not need its ~90 ms import. The key is made
+    and read with `cryptography` (asyncssh's own backend, ~15 ms), and the line comes from
+    `<path>.pub` when it exists; whoever loads the private key for SSH later checks that it
+    matches (`matches_public_line`). Writes are atomic (temp file + rename), so a crash never
+    leaves a truncated key that would change the pod's identity on the next start. Two processes
+    making it at once (a first build and the resident federation it starts) end up with one key:
+    the first to link it in place wins, the other reads the winner's."""
+    path = Path(path)
     pub = Path(f"{path}.pub")
-    if Path(path).exists() and pub.exists():
+    if not path.exists():
+        private, line = _new_key(comment)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if _atomic_write(path, private, 0o600, replace=False):
+            _atomic_write(pub, line.encode() + b"\n", 0o644)
+            return line
+    if pub.exists():
         line = pub.read_text().strip()
         check_public_key_line(line, str(pub))
         return line
-    return public_key_line(load_or_create_key(path, comment))
+    line = _public_line_of(path, comment)  # a key given without its .pub, or a race's winner still writing it
+    _atomic_write(pub, line.encode() + b"\n", 0o644)
+    return line
+
+
+def _new_key(comment: str) -> tuple[bytes, str]:
+    """A new ed25519 key: (OpenSSH private key file bytes, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, f"{public.decode()} {comment}"
+
+
+def _public_line_of(path: Path, comment: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:  # not an OpenSSH private key, or one with a passphrase
+        raise ValueError(f"{path}: not a usable OpenSSH private key ({exc})") from None
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return f"{public.decode()} {comment}"
 
 
 def _atomic_write(path: Path, data: bytes, mode: int, *, replace: bool = True) -> bool:

@@ -195,15 +195,15 @@ async def embedded_keys(state_dir: Path) -> tuple[Path, Path]:
     hands out to every pod, or the project's own for the embedded federation, made if missing.
 
     An existing pair is not read here (its users read it): the supervisor calls this before its
-    chefs start, and reading a key imports asyncssh (~60 ms)."""
+    chefs start. A missing one is made without asyncssh (`keys.ensure_key`)."""
     import asyncio
 
     key = Path(embedded_key(state_dir))
     public = key.with_name(key.name + ".pub")
     if not (key.is_file() and public.is_file()):
-        from artefacts.keys import load_or_create_key
+        from artefacts.keys import ensure_key
 
-        await asyncio.to_thread(load_or_create_key, key)
+        await asyncio.to_thread(ensure_key, key)
     return key, public
 
 

@@ -34,8 +34,6 @@ def _run_fresh(code: str, tmp_path: Path) -> str:
 
 
 def test_no_asyncssh_until_a_peer_connects_then_a_real_pull(tmp_path: Path) -> None:
-    load_or_create_key(tmp_path / "host")  # made here: making a key needs asyncssh, reading its .pub not
-    load_or_create_key(tmp_path / "client")
     src = Store(tmp_path / "src")
     data = os.urandom(300_000)
     digest = put(src, data)
@@ -50,6 +48,7 @@ def test_no_asyncssh_until_a_peer_connects_then_a_real_pull(tmp_path: Path) -> N
 
         async def main():
             tmp = Path({str(tmp_path)!r})
+            # Both keys are made here, as on a fresh clone: without asyncssh too.
             server = LazyArtefactServer(store_resolver(tmp / "src"), tmp / "host", ensure_key(tmp / "host"),
                                         [ensure_key(tmp / "client")])
             await server.start("127.0.0.1", 0)
