@@ -13,15 +13,14 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from artefacts.lazymodule import LazyModule
 
 if TYPE_CHECKING:
     import asyncssh
 else:
-    asyncssh = LazyModule("asyncssh")  # only making or loading a key, or trust objects, need it
-
+    asyncssh = LazyModule("asyncssh")  # only loading a key for SSH, or trust objects, need it
 
 
 def load_or_create_key(path: Path, comment: str = "computepods") -> asyncssh.SSHKey:
@@ -68,8 +67,7 @@ def _new_key(comment: str) -> tuple[bytes, str]:
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, f"{public.decode()} {comment}"
+    return private, _openssh_line(key.public_key(), comment)
 
 
 def _public_line_of(path: Path, comment: str) -> str:
@@ -79,8 +77,15 @@ def _public_line_of(path: Path, comment: str) -> str:
         key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:  # not an OpenSSH private key, or one with a passphrase
         raise ValueError(f"{path}: not a usable OpenSSH private key ({exc})") from None
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return f"{public.decode()} {comment}"
+    return _openssh_line(key.public_key(), comment)
+
+
+def _openssh_line(public_key: Any, comment: str) -> str:
+    """`type base64 comment` of a `cryptography` public key."""
+    from cryptography.hazmat.primitives import serialization
+
+    blob = public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return f"{blob.decode()} {comment}"
 
 
 def _atomic_write(path: Path, data: bytes, mode: int, *, replace: bool = True) -> bool:

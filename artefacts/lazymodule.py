@@ -13,7 +13,6 @@ without SFTP, so they import it only when a peer really connects or a pull reall
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 from typing import Any
 
 
@@ -23,11 +22,7 @@ class LazyModule:
     def __init__(self, name: str) -> None:
         self._name = name
 
-    def import_now(self) -> ModuleType:
-        """Import the module now (e.g. in a thread, so the event loop is not held for it)."""
-        return importlib.import_module(self._name)
-
     def __getattr__(self, attr: str) -> Any:
-        value = getattr(self.import_now(), attr)
+        value = getattr(importlib.import_module(self._name), attr)
         setattr(self, attr, value)  # the next read finds it without __getattr__
         return value

@@ -263,8 +263,7 @@ class Puller:
     # ---- connections -------------------------------------------------------------------------------
 
     async def _client_key(self) -> asyncssh.SSHKey:
-        if isinstance(self._key, Path):
-            await asyncio.to_thread(asyncssh.import_now)  # ~90 ms of imports, not on the event loop
+        if isinstance(self._key, Path):  # asyncssh's ~90 ms import happens in that thread, not on the loop
             self._key = await asyncio.to_thread(load_or_create_key, self._key)
         return self._key
 

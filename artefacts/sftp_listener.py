@@ -125,7 +125,7 @@ class LazyArtefactServer:
         self._close_socket()
 
     def _close_socket(self) -> None:
-        if self._sock is not None and self._server is None:
+        if self._sock is not None:  # not handed to a running server (stop() closes that one)
             with contextlib.suppress(RuntimeError):  # no running loop any more
                 asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()

@@ -38,7 +38,7 @@ from asyncssh.sftp import (
 )
 
 from artefacts.keys import authorized_keys_for, fingerprint, public_key_line
-from artefacts.resolver import Resolver, store_resolver  # noqa: F401 - store_resolver: its old home
+from artefacts.resolver import Resolver
 from artefacts.sftp_settings import COMPRESSION_ALGS, ENCRYPTION_ALGS, LOGIN_TIMEOUT, MAX_PKTSIZE, WINDOW
 from protocol.digests import digest_from_store_relpath
 from protocol.messages import LocalAccess, SftpEndpoint

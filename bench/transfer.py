@@ -29,8 +29,9 @@ import asyncssh
 
 from artefacts.hashing import StreamHasher
 from artefacts.keys import known_hosts_for, load_or_create_key, public_key_line
+from artefacts.resolver import store_resolver
 from artefacts.sftp_client import Puller
-from artefacts.sftp_server import ArtefactServer, store_resolver
+from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
 from protocol.digests import store_relpath
 from protocol.messages import SftpEndpoint

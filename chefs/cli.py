@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from artefacts.childwatch import use_pidfd_child_watcher
+from artefacts.keys import check_public_key_line
 from artefacts.natsutil import JETSTREAM_READY_S, JetStreamUnavailable, NatsUnreachable, local_address_towards
 from chefs.runtime import Chef, ChefConfig
 from protocol import subjects
@@ -60,8 +61,10 @@ def config_from_args(args: argparse.Namespace) -> ChefConfig:
     home = args.home or Path.home() / ".local/state/computepods" / f"chef-{chef_id}"
     authorized: list[str] = []
     if args.authorized_keys:
-        authorized = [ln.strip() for ln in args.authorized_keys.read_text().splitlines()
-                      if ln.strip() and not ln.startswith("#")]
+        for number, line in enumerate(args.authorized_keys.read_text().splitlines(), 1):
+            if line.strip() and not line.startswith("#"):
+                check_public_key_line(line.strip(), f"{args.authorized_keys}, line {number}")
+                authorized.append(line.strip())
     sftp_listen, advertise = args.sftp_listen, args.advertise
     if sftp_listen[0] == "127.0.0.1" and not advertise:
         # Peers elsewhere cannot reach our loopback: serve on the address that routes to NATS.

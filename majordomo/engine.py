@@ -48,7 +48,7 @@ from protocol.messages import (
     headers,
 )
 
-if TYPE_CHECKING:  # the federation stack (nats-py, asyncssh) costs ~0.3 s to import: only when needed
+if TYPE_CHECKING:  # the federation stack (nats-py; asyncssh once SFTP is used) is imported only when needed
     from nats.aio.client import Client as NATS
 
     from artefacts.mapwrites import Write
@@ -958,7 +958,7 @@ class Build:
 
     def _join_resident_early(self) -> asyncio.Future[str] | None:
         """Start joining (or starting) the project's resident federation in a thread now, before
-        importing the federation stack (~90 ms of nats-py and asyncssh): a first build's start-up
+        importing the federation stack (~55 ms of nats-py and msgspec): a first build's start-up
         of the resident processes then overlaps that import instead of following it."""
         from majordomo.resident import embedded_key, join_or_start, resident_idle_s
 

@@ -15,7 +15,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
-from artefacts.keys import ensure_key
+from artefacts.keys import check_public_key_line, ensure_key
 from artefacts.mapwrites import FLUSH_S, MapWrites
 from artefacts.natsutil import EmbeddedNats, NatsUnreachable, connect, kv_bucket, local_address_towards
 from artefacts.ownership import FederationMaps
@@ -93,7 +93,13 @@ class Federation:
         extra = os.environ.get("MAJORDOMO_AUTHORIZED_KEYS")
         lines = [fed_key_line]
         if extra and Path(extra).exists():
-            lines += [ln.strip() for ln in Path(extra).read_text().splitlines() if ln.strip()]
+            for number, line in enumerate(Path(extra).read_text().splitlines(), 1):
+                if line.strip():
+                    try:
+                        check_public_key_line(line.strip(), f"MAJORDOMO_AUTHORIZED_KEYS ({extra}), line {number}")
+                    except ValueError as exc:
+                        raise FederationError(str(exc)) from None
+                    lines.append(line.strip())
         # Through an indirection: `watch` points one long-lived server at each new build's files.
         self.sftp = LazyArtefactServer(lambda digest: self.resolve(digest), host_key, host_key_line, lines)
         listen = self.sftp_listen
@@ -109,7 +115,7 @@ class Federation:
         local = workspace_access(self.root)
         self.pod = Pod(id=self.pod_id, sftp=self.sftp.endpoint(advertise or host, local=local))
         # Final outputs are fetched straight into the workspace; the store only holds temp files.
-        self.puller = Puller(Path(key_path), Store(self.state_dir / "store"))
+        self.puller = Puller(key_path, Store(self.state_dir / "store"))
         url = self.nats_url
         idle_s = resident_idle_s(url, resident=self.resident, attach_url=self.attach_url)
         if url is None and self.attach_url:

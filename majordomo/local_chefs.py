@@ -1,7 +1,7 @@
 """Chef processes of the embedded federation, started on this machine.
 
 Apart from majordomo/federation.py so that the resident supervisor can start its chefs before it
-imports the federation stack (nats-py, asyncssh: ~120 ms that the chefs' own start-up then overlaps).
+imports the federation stack (~80 ms, mostly nats-py, that the chefs' own start-up then overlaps).
 Only the standard library and light project modules are imported here.
 """
 

@@ -25,9 +25,10 @@ from conftest import REPO, UPPER_JOIN, majordomo, put, require, write_project
 
 from artefacts.hashing import hash_bytes
 from artefacts.keys import public_key_line
+from artefacts.resolver import store_resolver
 from artefacts.samehost import ENV_SWITCH, host_identity, local_path, store_access, workspace_access
 from artefacts.sftp_client import DigestMismatch, Puller
-from artefacts.sftp_server import ArtefactServer, store_resolver
+from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
 from protocol import subjects
 from protocol.messages import (

@@ -16,8 +16,9 @@ from conftest import put
 
 from artefacts.hashing import hash_bytes
 from artefacts.keys import fingerprint, load_or_create_key, public_key_line
+from artefacts.resolver import store_resolver
 from artefacts.sftp_client import DigestMismatch, HostKeyMismatch, Puller, PullError
-from artefacts.sftp_server import ArtefactServer, store_resolver
+from artefacts.sftp_server import ArtefactServer
 from artefacts.store import Store
 from protocol.digests import store_relpath
 from protocol.messages import SftpEndpoint

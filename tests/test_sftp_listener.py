@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import put
+from conftest import majordomo, put, write_project
 
 from artefacts.keys import ensure_key, load_or_create_key
 from artefacts.resolver import store_resolver
@@ -115,3 +115,32 @@ def test_processes_start_without_asyncssh(tmp_path: Path) -> None:
     assert "asyncssh" not in out
     assert "'artefacts.sftp_server'" not in out  # its classes subclass asyncssh's
     assert "'artefacts.sftp_listener'" in out
+
+
+def test_a_chef_given_a_bad_authorized_keys_file_says_which_line_and_starts_nothing(tmp_path: Path) -> None:
+    keys = tmp_path / "authorized"
+    keys.write_text("# pods allowed to pull\n\nssh-ed25519 garbage!\n")
+    home = tmp_path / "home"
+    done = subprocess.run([sys.executable, "-m", "chefs.cli", "--nats", "nats://127.0.0.1:1", "--id", "c1",
+                           "--home", str(home), "--authorized-keys", str(keys), "--kind", "shell"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"chef: {keys}, line 3: not an OpenSSH public key line: 'ssh-ed25519 garbage!'"
+    assert not home.exists()
+
+
+def test_a_bad_extra_authorized_key_fails_the_build_naming_its_line(tmp_path: Path) -> None:
+    extra = tmp_path / "authorized"
+    extra.write_text("ssh-rsa nope\n")
+    project = write_project(tmp_path / "p", """
+        [[step]]
+        name = "copy"
+        inputs = ["a"]
+        outputs = ["b"]
+        command = "cp a b"
+        """, {"a": "x\n"})
+    run = majordomo(project, "build", env={"MAJORDOMO_AUTHORIZED_KEYS": str(extra)})
+    assert run.code == 2
+    assert run.stderr.strip() == (f"majordomo: MAJORDOMO_AUTHORIZED_KEYS ({extra}), line 1: "
+                                  "not an OpenSSH public key line: 'ssh-rsa nope'")
+    assert not (project / "b").exists()
