@@ -5,8 +5,10 @@
 For each input count N, one step `cat in* > out` over N small stored inputs is cooked R times by
 `chefs.cooking.Cook` (task dir of hardlinks, the command, outputs hashed into the store, task dir
 removed), in three ways:
-- sandboxed, inputs read-only by owner (what a root chef does: one chown per inode, no mount per
-  input);
+- sandboxed in a jail, inputs read-only by owner (what a root chef does: one chown per inode, no
+  mount per input, and a bwrap reused from step to step, chefs/jail.py; its start is in the median's
+  sample, once);
+- sandboxed by a bwrap per step, inputs read-only by owner (a root chef before jails);
 - sandboxed, inputs read-only by a bind mount each (what a chef that cannot chown does);
 - unsandboxed;
 and the peer, `sh -c` of the same command in a directory holding the same files, is run R times
@@ -36,8 +38,8 @@ COMMAND = "cat in* > out"
 
 
 async def cook_median(store: Store, tasks: Path, inputs: list[InputRef], runs: int, *, sandbox: bool,
-                      by_owner: bool) -> float:
-    cook = Cook(store, tasks, {}, sandbox=sandbox, protect_by_owner=by_owner)
+                      by_owner: bool, jails: bool = False) -> float:
+    cook = Cook(store, tasks, {}, sandbox=sandbox, protect_by_owner=by_owner, jails=jails)
     times = []
     for run in range(runs):
         step = StepRequest(step_id=f"bench-{run}", action_key="bench", kind="shell", command=COMMAND,
@@ -47,6 +49,7 @@ async def cook_median(store: Store, tasks: Path, inputs: list[InputRef], runs: i
         times.append(time.perf_counter() - started)
         if outcome.code != ErrorCode.OK:
             raise SystemExit(f"the step failed: {outcome.message}\n{outcome.log}")
+    await cook.drain()
     return statistics.median(times)
 
 
@@ -63,7 +66,7 @@ async def main(counts: list[int], runs: int) -> None:
     if bwrap_path() is None:
         raise SystemExit("bwrap is not installed: nothing to measure (deploy/setup-debian.sh installs it)")
     print(f"median of {runs} runs of `{COMMAND}`, ms; ratio to `sh -c` of the same command")
-    print(f"{'inputs':>6}  {'way':38} {'ms':>7} {'vs sh':>7}")
+    print(f"{'inputs':>6}  {'way':40} {'ms':>7} {'vs sh':>7}")
     with tempfile.TemporaryDirectory(prefix="cp-bench-sandbox-") as scratch:
         base = Path(scratch)
         store = Store(base / "store")
@@ -80,14 +83,17 @@ async def main(counts: list[int], runs: int) -> None:
             peer = shell_median(plain, runs)
             rows = [("sh -c (peer)", peer)]
             if owner_ok:
-                rows.append(("Cook, bwrap, inputs read-only by owner",
+                rows.append(("Cook, jail, inputs read-only by owner",
+                             await cook_median(store, base / "tasks", inputs, runs, sandbox=True, by_owner=True,
+                                               jails=True)))
+                rows.append(("Cook, bwrap per step, read-only by owner",
                              await cook_median(store, base / "tasks", inputs, runs, sandbox=True, by_owner=True)))
             rows.append(("Cook, bwrap, inputs read-only by mount",
                          await cook_median(store, base / "tasks", inputs, runs, sandbox=True, by_owner=False)))
             rows.append(("Cook, no sandbox",
                          await cook_median(store, base / "tasks", inputs, runs, sandbox=False, by_owner=False)))
             for way, seconds in rows:
-                print(f"{count:>6}  {way:38} {seconds * 1e3:7.2f} {seconds / peer:6.1f}x")
+                print(f"{count:>6}  {way:40} {seconds * 1e3:7.2f} {seconds / peer:6.1f}x")
             if not owner_ok:
                 print(f"{count:>6}  (inputs by owner: not measured, it needs root)")
 

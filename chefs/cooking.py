@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import stat
 import time
@@ -15,13 +16,16 @@ from typing import Any
 
 from artefacts.normalise import NormaliserError, normalised_digest
 from artefacts.store import Store
-from chefs.command import SHELL
+from chefs.command import SHELL, command_argv
 from chefs.discovery import parse_depfile, parse_fls, project_relative
+from chefs.jail import Jail, JailError, JailPool
 from chefs.latexlog import summarise_latex_log
 from chefs.sandbox import bwrap_path, can_protect_by_owner, input_owner, plain_argv, sandbox_argv
 from chefs.taskdir import TaskDir
 from protocol.errors import ErrorCode
 from protocol.messages import OutputRef, StepRequest
+
+log = logging.getLogger(__name__)
 
 LOG_LIMIT = 64 * 1024  # keep the tail: that is where compilers and TeX say what went wrong
 LOG_FLUSH_S = 0.25
@@ -43,7 +47,7 @@ class Outcome:
 class Cook:
     def __init__(self, store: Store, tasks_dir: Path, tools: dict[str, str], *, sandbox: bool = True,
                  on_output: Callable[[StepRequest, str], None] | None = None,
-                 protect_by_owner: bool | None = None) -> None:
+                 protect_by_owner: bool | None = None, jails: bool = True) -> None:
         self.store = store
         self.tasks_dir = tasks_dir
         self.tools = tools
@@ -53,6 +57,8 @@ class Cook:
         if protect_by_owner is None:
             protect_by_owner = self.bwrap is not None and can_protect_by_owner(store.tmp)
         self.protect_by_owner = protect_by_owner and self.bwrap is not None
+        # Steps run in reused sandboxes where inputs need no mount per step (chefs/jail.py).
+        self.jails = JailPool(self.bwrap, tasks_dir) if jails and self.bwrap and self.protect_by_owner else None
         self._input_owner = input_owner()
         self.on_output = on_output  # a running step's output as it comes
         self._in_use: Counter[str] = Counter()  # digests linked into running steps' task dirs
@@ -73,14 +79,15 @@ class Cook:
         given: a chef passes its answer's sending, since unlinking a hundred inputs in a thread
         while the answer waits for the event loop delayed it by ~0.3 ms."""
         inputs = [(i.path, i.digest) for i in step.inputs]
-        task = TaskDir(self.tasks_dir, step.step_id)
+        jail = await self.jails.acquire() if self.jails else None
+        task = TaskDir(self.tasks_dir, step.step_id, in_place=jail.work_dir if jail else None)
         self._in_use.update(d for _, d in inputs)
         try:
             executables = frozenset(i.path for i in step.inputs if i.executable)
             linked = [(p, d) for p, d in inputs if p not in executables and p not in step.outputs]
             store_stat = await asyncio.to_thread(self._prepare, task, step, inputs, executables)
             binds = [] if self.protect_by_owner else [p for p, _ in linked]
-            status, log, timed_out = await self._execute(step, task.path, binds)
+            status, log, timed_out = await self._execute(step, task.path, binds, jail)
             if timed_out:
                 return Outcome(ErrorCode.TIMEOUT, status, log=log,
                                message=f"step {step.step_id} ran longer than {step.timeout_s:g}s")
@@ -106,27 +113,41 @@ class Cook:
             return Outcome(ErrorCode.OK, status, outputs=outputs, discovered=discovered, log=log)
         finally:
             # The answer does not wait for the task dir to go: it is tidied in the background.
-            self._in_background(self._tidy(task, [d for _, d in inputs], tidy_after))
+            if jail is not None and self.jails is not None:
+                self.jails.tidying()  # now, so that the next step waits for this jail, not starts one
+            self._in_background(self._tidy(task, [d for _, d in inputs], tidy_after, jail))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
         self._tidying.add(task)
         task.add_done_callback(self._tidying.discard)
 
-    async def _tidy(self, task: TaskDir, digests: list[str], after: asyncio.Future[None] | None) -> None:
+    async def _tidy(self, task: TaskDir, digests: list[str], after: asyncio.Future[None] | None,
+                    jail: Jail | None) -> None:
         try:
             if after is not None:
                 with contextlib.suppress(asyncio.CancelledError):  # stopping: remove it now
                     await asyncio.shield(after)
-            await task.remove()
+            if jail is None or self.jails is None:
+                await task.remove()
+                return
+            reusable = jail.healthy
+            if reusable:
+                try:
+                    await task.remove()  # emptied in place: the jail's /work
+                except OSError:
+                    reusable = False
+            await self.jails.release(jail, reusable=reusable)
         finally:
             self._in_use.subtract(digests)
             self._in_use = +self._in_use  # drop the zeros
 
     async def drain(self) -> None:
-        """Wait for finished steps' task dirs to be removed (a chef stopping)."""
+        """Wait for finished steps' task dirs to be removed, and end the jails (a chef stopping)."""
         while self._tidying:
             await asyncio.gather(*self._tidying, return_exceptions=True)
+        if self.jails is not None:
+            await self.jails.close()
 
     def _prepare(self, task: TaskDir, step: StepRequest, inputs: list[tuple[str, str]],
                  executables: frozenset[str]) -> dict[str, os.stat_result]:
@@ -154,10 +175,16 @@ class Cook:
                     os.chown(self.store.entry(digest), uid, gid)
         return linked
 
-    async def _execute(self, step: StepRequest, cwd: Path, binds: list[str]) -> tuple[int, str, bool]:
-        argv = sandbox_argv(self.bwrap, cwd, binds, step.command) if self.bwrap else plain_argv(step.command)
+    async def _execute(self, step: StepRequest, cwd: Path, binds: list[str],
+                       jail: Jail | None = None) -> tuple[int, str, bool]:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp" if self.bwrap else str(cwd),
                **BASE_ENV, **step.env}
+        if jail is not None:
+            try:
+                return await self._execute_in_jail(step, jail, env)
+            except _JailUnusable as exc:  # nothing ran: a bwrap of its own, around the same task dir
+                log.warning("step %s: %s; running it in a sandbox of its own", step.step_id, exc)
+        argv = sandbox_argv(self.bwrap, cwd, binds, step.command) if self.bwrap else plain_argv(step.command)
         try:
             proc = await self._spawn(argv, cwd, env)
         except OSError:
@@ -168,8 +195,14 @@ class Cook:
             proc = await self._spawn([SHELL, "-c", step.command], cwd, env)
         timed_out = False
         output = _TailBuffer(LOG_LIMIT)
+
+        async def run() -> None:
+            assert proc.stdout
+            await self._stream(step, proc.stdout, output)
+            await proc.wait()
+
         try:
-            await asyncio.wait_for(self._stream(step, proc, output), step.timeout_s)
+            await asyncio.wait_for(run(), step.timeout_s)
         except TimeoutError:
             timed_out = True
             _kill_group(proc.pid)
@@ -180,6 +213,40 @@ class Cook:
             raise
         return proc.returncode if proc.returncode is not None else -1, output.text(), timed_out
 
+    async def _execute_in_jail(self, step: StepRequest, jail: Jail, env: dict[str, str]) -> tuple[int, str, bool]:
+        """Run the command in a jail: its output through a pipe made here, its status from the
+        jail's pid 1. A timeout or a cancel kills the jail and all that runs in it."""
+        loop = asyncio.get_running_loop()
+        read_end, write_end = os.pipe()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                    os.fdopen(read_end, "rb", buffering=0))
+        try:
+            try:
+                await jail.send(command_argv(step.command), env, write_end)
+            except JailError as exc:
+                await jail.kill()
+                raise _JailUnusable(str(exc)) from None
+            output = _TailBuffer(LOG_LIMIT)
+
+            async def run() -> int:
+                await self._stream(step, reader, output)
+                return await jail.wait()
+
+            try:
+                return await asyncio.wait_for(run(), step.timeout_s), output.text(), False
+            except TimeoutError:
+                await jail.kill()
+                return -9, output.text(), True
+            except JailError as exc:  # its pid 1 died under the step (killed from outside, out of memory)
+                await jail.kill()
+                return -1, output.text() + f"\n[the step's sandbox ended under it: {exc}]\n", False
+            except asyncio.CancelledError:
+                await jail.kill()
+                raise
+        finally:
+            transport.close()
+
     @staticmethod
     async def _spawn(argv: list[str], cwd: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
@@ -188,13 +255,12 @@ class Cook:
             start_new_session=True,  # so a timeout can kill the whole process group
         )
 
-    async def _stream(self, step: StepRequest, proc: asyncio.subprocess.Process, output: _TailBuffer) -> None:
+    async def _stream(self, step: StepRequest, stream: asyncio.StreamReader, output: _TailBuffer) -> None:
         """Keep the output's tail for the result, and pass it on as it comes, at most every
         LOG_FLUSH_S (watchers see a long LaTeX run or test suite progress)."""
-        assert proc.stdout
         pending: list[bytes] = []
         last = time.monotonic()
-        while chunk := await proc.stdout.read(65536):
+        while chunk := await stream.read(65536):
             output.add(chunk)
             if self.on_output is not None:
                 pending.append(chunk)
@@ -204,7 +270,6 @@ class Cook:
                     last = time.monotonic()
         if pending and self.on_output is not None:
             self.on_output(step, b"".join(pending).decode(errors="replace"))
-        await proc.wait()
 
     def _failure(self, step: StepRequest, status: int, log: str) -> str:
         """One sentence first: for LaTeX, the error and the source line it points to, not 2,000
@@ -243,6 +308,10 @@ class Cook:
         with contextlib.suppress(FileNotFoundError):
             os.chmod(self.store.path_for(digest), 0o644)
         self.store.delete(digest)
+
+
+class _JailUnusable(Exception):
+    """The jail broke before the step started: nothing ran."""
 
 
 def _regular_file_modes(task_dir: str, outputs: list[str]) -> list[int | None]:

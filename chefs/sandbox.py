@@ -113,8 +113,27 @@ def _tool_dirs() -> tuple[str, ...]:
 def sandbox_argv(bwrap: str, task_dir: Path, read_only_binds: Iterable[str], command: str) -> list[str]:
     """bwrap's argv; `read_only_binds` are task-dir paths to protect by mount (empty when the
     inputs are protected by owner)."""
+    argv = [bwrap, *_isolation(), "--bind", str(task_dir), SANDBOX_ROOT]
+    for rel in read_only_binds:
+        argv += ["--ro-bind", str(task_dir / rel), f"{SANDBOX_ROOT}/{rel}"]
+    argv += ["--chdir", SANDBOX_ROOT, *command_argv(command)]
+    return argv
+
+
+def jail_argv(bwrap: str, work_dir: Path, init: list[str]) -> list[str]:
+    """bwrap's argv for a jail (chefs/jail.py): a step's sandbox around `work_dir`, with `init` as
+    its pid 1, and / and /dev read-only so that steps leave nothing but what pid 1 empties
+    (/tmp, /dev/shm) and the work dir the chef empties."""
+    return [bwrap, "--as-pid-1", *_isolation(), "--bind", str(work_dir), SANDBOX_ROOT,
+            "--remount-ro", "/dev", "--tmpfs", "/dev/shm", "--remount-ro", "/",
+            "--chdir", SANDBOX_ROOT, *init]
+
+
+def _isolation() -> list[str]:
+    """What every sandbox shares: new namespaces (no network), no capabilities, fresh /proc, /dev
+    and /tmp, and the tool directories read-only."""
     argv = [
-        bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
     ]
     for d in _tool_dirs():
@@ -124,10 +143,6 @@ def sandbox_argv(bwrap: str, task_dir: Path, read_only_binds: Iterable[str], com
             argv += ["--symlink", target, link]
         elif os.path.isdir(link):
             argv += ["--ro-bind", link, link]
-    argv += ["--bind", str(task_dir), SANDBOX_ROOT]
-    for rel in read_only_binds:
-        argv += ["--ro-bind", str(task_dir / rel), f"{SANDBOX_ROOT}/{rel}"]
-    argv += ["--chdir", SANDBOX_ROOT, *command_argv(command)]
     return argv
 
 

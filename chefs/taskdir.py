@@ -21,7 +21,13 @@ class LinkingStore(Protocol):
 class TaskDir:
     """Create with `make`, remove with `remove` (call it in a `finally`)."""
 
-    def __init__(self, parent: Path, step_id: str) -> None:
+    def __init__(self, parent: Path, step_id: str, *, in_place: Path | None = None) -> None:
+        """A new directory under `parent`; or, given `in_place`, that existing empty directory (a
+        jail's work dir, chefs/jail.py), which `remove` empties rather than removes."""
+        self.reused = in_place is not None
+        if in_place is not None:
+            self.path = in_place
+            return
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in step_id)[:60]
         # The pid prefix lets `remove_leftovers` spare the task dirs of a live chef.
         self.path = parent / f"{os.getpid()}-{safe}-{uuid.uuid4().hex[:12]}"
@@ -36,7 +42,7 @@ class TaskDir:
         also an output (LaTeX rewriting its .aux in a cycle) gets a private writable copy.
         Plain strings, not Paths, and each directory made once: a step may have hundreds of inputs."""
         base = str(self.path)
-        os.makedirs(base)
+        os.makedirs(base, exist_ok=self.reused)
         made = {base}
 
         def parent_of(rel: str) -> None:
@@ -72,7 +78,7 @@ class TaskDir:
         return None
 
     async def remove(self) -> None:
-        await asyncio.to_thread(_rmtree, self.path)
+        await asyncio.to_thread(empty_tree if self.reused else remove_tree, self.path)
 
 
 def remove_leftovers(parent: Path) -> int:
@@ -85,18 +91,29 @@ def remove_leftovers(parent: Path) -> int:
             if owner.isdigit() and int(owner) != os.getpid() and pid_alive(int(owner)):
                 continue
             try:
-                _rmtree(Path(entry.path))
+                remove_tree(Path(entry.path))
             except OSError:
                 continue  # best effort: one that cannot go must not keep the chef from starting
             removed += 1
     return removed
 
 
-def _rmtree(path: Path) -> None:
-    # A step may have made a directory read-only; make it writable and try again.
-    def retry_writable(func, failed_path, _exc_info):  # type: ignore[no-untyped-def]
-        os.chmod(os.path.dirname(failed_path), 0o700)
-        func(failed_path)
-
+def remove_tree(path: Path) -> None:
     if path.exists():
-        shutil.rmtree(path, onerror=retry_writable)
+        shutil.rmtree(path, onerror=_retry_writable)
+
+
+def empty_tree(path: Path) -> None:
+    """Remove everything in `path`, keeping it (a mount point in a jail must stay the same inode)."""
+    os.chmod(path, 0o755)  # a step may have taken its own permissions away
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, onerror=_retry_writable)
+        else:
+            os.unlink(entry.path)
+
+
+def _retry_writable(func, failed_path, _exc_info):  # type: ignore[no-untyped-def]
+    # A step may have made a directory read-only; make it writable and try again.
+    os.chmod(os.path.dirname(failed_path), 0o700)
+    func(failed_path)

@@ -53,7 +53,13 @@ def _cook(tmp_path: Path, command: str, *, sandbox: bool, script: str | None = N
     cook = Cook(store, tmp_path / "tasks", {}, sandbox=sandbox)
     step = StepRequest(step_id="probe", action_key="k", kind="shell", pods=[], command=command,
                        inputs=inputs, outputs=[], env=env or {})
-    return asyncio.run(cook.run(step))
+
+    async def run() -> Outcome:
+        outcome = await cook.run(step)
+        await cook.drain()
+        return outcome
+
+    return asyncio.run(run())
 
 
 @pytest.fixture(params=[True, False], ids=["sandboxed", "plain"])

@@ -87,7 +87,13 @@ def _cook_tamper_step(tmp_path: Path, protect_by_owner: bool) -> tuple[object, P
     step = StepRequest(step_id="probe", action_key="k", kind="shell", pods=[],
                        command="(chmod u+w in.txt || true) && echo tampered >> in.txt; cp in.txt out.txt",
                        inputs=[InputRef(path="in.txt", digest=digest, size=size)], outputs=["out.txt"])
-    return asyncio.run(cook.run(step)), store.path_for(digest), store
+
+    async def run() -> object:
+        outcome = await cook.run(step)
+        await cook.drain()
+        return outcome
+
+    return asyncio.run(run()), store.path_for(digest), store
 
 
 @pytest.mark.parametrize("protect_by_owner", [True, False], ids=["by-owner", "by-mount"])

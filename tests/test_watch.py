@@ -56,10 +56,11 @@ def _chef_processes(project: Path) -> list[int]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker in f.read():
-                    found.append(int(pid))
+                cmdline = f.read()
         except OSError:
             continue
+        if marker in cmdline and b"chefs.cli" in cmdline:  # not their jails (bwrap)
+            found.append(int(pid))
     return found
 
 

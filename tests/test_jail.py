@@ -1,0 +1,155 @@
+"""Jails: a root chef's steps run one after another in a reused bwrap sandbox (chefs/jail.py).
+Each step must still see only its own task dir and the tools: nothing the step before left in
+/tmp, /dev/shm, its work dir or its process table. Real bwrap; root (protection by owner)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from conftest import require
+
+from artefacts.store import Store
+from chefs.cooking import Cook, Outcome
+from chefs.sandbox import can_protect_by_owner
+from protocol.errors import ErrorCode
+from protocol.messages import InputRef, StepRequest
+
+WAIT_S = 20.0
+
+
+@pytest.fixture
+def cook(tmp_path: Path) -> Cook:
+    require(shutil.which("bwrap") is not None, "bwrap is not installed")
+    require(can_protect_by_owner(tmp_path / "probe"), "jails serve chefs that protect inputs by owner (root)")
+    store = Store(tmp_path / "store")
+    source = tmp_path / "in.txt"
+    source.write_text("original\n")
+    [(digest, size)] = asyncio.run(store.ingest([source]))
+    _INPUT[store.root] = InputRef(path="in.txt", digest=digest, size=size)
+    cook = Cook(store, tmp_path / "tasks", {})
+    assert cook.jails is not None
+    return cook
+
+
+_INPUT: dict[Path, InputRef] = {}  # each test's one stored input, by store
+
+
+def _step(cook: Cook, name: str, command: str, *, timeout_s: float = 60.0) -> StepRequest:
+    return StepRequest(step_id=name, action_key=name, kind="shell", pods=[], command=command,
+                       inputs=[_INPUT[cook.store.root]], outputs=["out.txt"], timeout_s=timeout_s)
+
+
+def _cook_all(cook: Cook, steps: list[StepRequest]) -> list[Outcome]:
+    async def run() -> list[Outcome]:
+        outcomes = [await cook.run(step) for step in steps]
+        await cook.drain()
+        return outcomes
+
+    return asyncio.run(run())
+
+
+def _jails_started(cook: Cook) -> int:
+    assert cook.jails is not None
+    return cook.jails.started
+
+
+def test_a_step_sees_nothing_the_step_before_it_left(cook: Cook) -> None:
+    leaver = _step(cook, "leaver", "sleep 300 & touch /tmp/left /dev/shm/left left.txt; mkdir -p /tmp/d/e; "
+                                   "chmod 0 /tmp/d; ipcmk -M 4096 && ipcmk -Q && cp in.txt out.txt")
+    looker = _step(cook, "looker", "{ ls -A /tmp /dev/shm .; cat /proc/[0-9]*/comm; ipcs -m -q; } > out.txt")
+    leaving, looking = _cook_all(cook, [leaver, looker])
+    assert leaving.code == looking.code == ErrorCode.OK, leaving.log + looking.log
+    assert _jails_started(cook) == 1  # the same jail ran both
+    seen = cook.store.path_for(looking.outputs[0].digest).read_text()
+    assert "left" not in seen and "\nd\n" not in seen  # scratch and work dir emptied
+    assert "in.txt" in seen and "out.txt" in seen  # its own task dir
+    assert "sleep" not in seen  # the first step's background job was killed
+    assert "Shared Memory" in seen and "0x" not in seen  # its SysV IPC objects removed
+    assert list(cook.tasks_dir.iterdir()) == []  # drained: jails ended, work dirs removed
+
+
+def test_a_step_cannot_change_the_jail_for_the_next(cook: Cook) -> None:
+    tamper = _step(cook, "tamper", "touch /escape; touch /dev/escape; cat /proc/1/environ; ls -l /proc/1/fd; "
+                                   "kill -9 1; cp in.txt out.txt")
+    after = _step(cook, "after", "ls -A / /dev > out.txt")
+    tampered, later = _cook_all(cook, [tamper, after])
+    assert tampered.code == ErrorCode.OK and later.code == ErrorCode.OK, tampered.log + later.log
+    assert tampered.log.count("Read-only file system") == 2
+    assert tampered.log.count("Permission denied") >= 2  # pid 1 is not dumpable: no environ, no fds
+    assert _jails_started(cook) == 1  # `kill -9 1` did not end it
+    assert "escape" not in cook.store.path_for(later.outputs[0].digest).read_text()
+
+
+def test_the_command_gets_its_own_environment_and_status(cook: Cook) -> None:
+    steps = [_step(cook, "env", "env > out.txt"), _step(cook, "fails", "cat no-such-file")]
+    steps[0].env["STEP_VAR"] = "x y"
+    env, fails = _cook_all(cook, steps)
+    text = cook.store.path_for(env.outputs[0].digest).read_text()
+    assert "STEP_VAR=x y\n" in text and "HOME=/tmp\n" in text
+    assert fails.code == ErrorCode.COMMAND_FAILED and fails.exit_status == 1
+    assert "no-such-file" in fails.log
+
+
+def test_a_timed_out_step_ends_its_jail_and_the_next_step_gets_a_new_one(cook: Cook) -> None:
+    started = time.monotonic()
+    slow, quick = _cook_all(cook, [_step(cook, "slow", "sleep 300", timeout_s=1.0),
+                                   _step(cook, "quick", "cp in.txt out.txt")])
+    assert slow.code == ErrorCode.TIMEOUT
+    assert time.monotonic() - started < WAIT_S
+    assert quick.code == ErrorCode.OK, quick.log
+    assert _jails_started(cook) == 2
+
+
+def test_a_jail_killed_between_steps_is_replaced(cook: Cook) -> None:
+    async def run() -> list[Outcome]:
+        first = await cook.run(_step(cook, "first", "cp in.txt out.txt"))
+        await _settled(cook)
+        [jail] = cook.jails._free  # type: ignore[union-attr]
+        jail._proc.kill()  # as the OOM killer or an operator would
+        await jail._proc.wait()
+        second = await cook.run(_step(cook, "second", "cp in.txt out.txt"))  # its own bwrap, then
+        third = await cook.run(_step(cook, "third", "cp in.txt out.txt"))  # a new jail
+        await cook.drain()
+        return [first, second, third]
+
+    outcomes = asyncio.run(run())
+    assert [o.code for o in outcomes] == [ErrorCode.OK] * 3, [o.log for o in outcomes]
+    assert _jails_started(cook) == 2
+
+
+def test_a_jail_killed_under_a_step_fails_that_step_only(cook: Cook) -> None:
+    async def run() -> list[Outcome]:
+        victim = asyncio.ensure_future(cook.run(_step(cook, "victim", "touch started; sleep 300")))
+        marker = await _wait_for_file(cook, "started")
+        [jail] = [j for j in cook.jails._all if j.work_dir == marker.parent]  # type: ignore[union-attr]
+        jail._proc.kill()
+        killed = await asyncio.wait_for(victim, WAIT_S)
+        after = await cook.run(_step(cook, "after", "cp in.txt out.txt"))
+        await cook.drain()
+        return [killed, after]
+
+    killed, after = asyncio.run(run())
+    assert killed.code == ErrorCode.COMMAND_FAILED
+    assert "sandbox ended under it" in killed.log
+    assert after.code == ErrorCode.OK, after.log
+
+
+async def _settled(cook: Cook) -> None:
+    """Wait until the finished steps' jails are back in the pool."""
+    while cook._tidying:
+        await asyncio.gather(*cook._tidying)
+
+
+async def _wait_for_file(cook: Cook, name: str) -> Path:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        for work_dir in cook.tasks_dir.glob("*"):  # none until the first jail starts
+            if (work_dir / name).exists():
+                return work_dir / name
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no step made {name} in {WAIT_S}s: {os.listdir(cook.tasks_dir)}")
