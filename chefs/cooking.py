@@ -219,8 +219,12 @@ class Cook:
         loop = asyncio.get_running_loop()
         read_end, write_end = os.pipe()
         reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                    os.fdopen(read_end, "rb", buffering=0))
+        try:
+            transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                        os.fdopen(read_end, "rb", buffering=0))
+        except BaseException:
+            os.close(write_end)
+            raise
         try:
             try:
                 await jail.send(command_argv(step.command), env, write_end)

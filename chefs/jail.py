@@ -55,10 +55,9 @@ class Jail:
     @classmethod
     async def start(cls, bwrap: str, work_dir: Path) -> Jail:
         """Start a jail whose /work is `work_dir` (made here, empty)."""
-        work_dir.mkdir(parents=True)
+        source = await asyncio.to_thread(_prepare, work_dir)
         ours, theirs = socket.socketpair()
         try:
-            source = await asyncio.to_thread(_INIT_SOURCE.read_text)
             argv = jail_argv(bwrap, work_dir, [sys.executable, "-I", "-S", "-c", source, str(theirs.fileno())])
             proc = await asyncio.create_subprocess_exec(
                 *argv, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
@@ -213,6 +212,12 @@ class JailPool:
         for jail in jails:
             await jail.close()
             await asyncio.to_thread(_remove_tree, jail.work_dir)
+
+
+def _prepare(work_dir: Path) -> str:
+    """Make the work dir; return pid 1's program text."""
+    work_dir.mkdir(parents=True)
+    return _INIT_SOURCE.read_text()
 
 
 def _remove_tree(path: Path) -> None:
