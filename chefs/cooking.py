@@ -131,13 +131,15 @@ class Cook:
             if jail is None or self.jails is None:
                 await task.remove()
                 return
-            reusable = jail.healthy
-            if reusable:
-                try:
+            reusable = False
+            try:
+                if jail.healthy:
                     await task.remove()  # emptied in place: the jail's /work
-                except OSError:
-                    reusable = False
-            await self.jails.release(jail, reusable=reusable)
+                    reusable = True
+            except Exception as exc:  # any failure: this jail's work dir is not known empty
+                log.warning("could not empty jail work dir %s: %s", task.path, exc)
+            finally:
+                await self.jails.release(jail, reusable=reusable)
         finally:
             self._in_use.subtract(digests)
             self._in_use = +self._in_use  # drop the zeros

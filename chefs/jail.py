@@ -35,6 +35,7 @@ from chefs.sandbox import jail_argv
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 20.0
+FAILURES_TO_GIVE_UP = 3  # jails that fail to start in a row before a chef stops trying
 _HEADER = struct.Struct("=Q")
 _INIT_SOURCE = Path(__file__).with_name("jail_init.py")
 
@@ -75,6 +76,9 @@ class Jail:
             why = await jail._stderr_tail()
             await jail.kill()
             raise JailError(f"the jail did not start ({exc or 'timed out'}): {why}") from None
+        except BaseException:  # cancelled while it started
+            await asyncio.shield(jail.kill())
+            raise
         if ready != b"ready":
             await jail.kill()
             raise JailError(f"the jail said {ready!r} instead of ready")
@@ -86,21 +90,26 @@ class Jail:
         try:
             if any("=" in name or not name for name in env):
                 raise ValueError(f"illegal environment variable name in {sorted(env)}")
-            fields = [str(len(argv)).encode(), *map(os.fsencode, argv),
-                      *(os.fsencode(f"{k}={v}") for k, v in env.items())]
-            payload = b"\0".join(fields)
-            # 8 bytes into an idle socket's empty buffer: never blocks, so a plain sendmsg carries the fd.
-            socket.send_fds(self._sock, [_HEADER.pack(len(payload))], [out_fd])
-            await asyncio.get_running_loop().sock_sendall(self._sock, payload)
-        except OSError as exc:
-            raise JailError(f"the jail hung up: {exc}") from None
+            fields = [os.fsencode(a) for a in argv] + [os.fsencode(f"{k}={v}") for k, v in env.items()]
+            if any(b"\0" in field for field in fields):  # what exec refuses, and our separator
+                raise ValueError("embedded null byte in a command's argument or environment")
+            payload = b"\0".join([str(len(argv)).encode(), *fields])
+            try:
+                # 8 bytes into an idle socket's empty buffer: never blocks, so a plain sendmsg carries the fd.
+                socket.send_fds(self._sock, [_HEADER.pack(len(payload))], [out_fd])
+                await asyncio.get_running_loop().sock_sendall(self._sock, payload)
+            except OSError as exc:
+                raise JailError(f"the jail hung up: {exc}") from None
+            except BaseException:  # cancelled half-way: pid 1 would read the next request askew
+                self.healthy = False
+                raise
         finally:
             os.close(out_fd)
         self.steps_run += 1
 
     async def wait(self) -> int:
-        """The exit code of the command `send` started (negative: killed by that signal). A jail
-        that could not be made clean after it is no longer `healthy`."""
+        """The exit status of the command `send` started (128 + N: killed by signal N). A jail that
+        could not be made as before after it is no longer `healthy`."""
         code, clean = (await self._line()).split()
         if clean != b"1":
             self.healthy = False
@@ -162,11 +171,14 @@ class JailPool:
         self._released = asyncio.Event()
         self._all: set[Jail] = set()
         self._made = 0
+        self._failures = 0  # starts failed in a row
+        self._closing = False
         self.started = 0  # jails started so far
         self.broken: str | None = None  # why jails cannot start here: steps get a bwrap each
 
     async def acquire(self) -> Jail | None:
-        """A clean jail, or None when jails cannot start on this host (said once, in the log)."""
+        """A clean jail; None when one could not start (this step gets a bwrap of its own, and after
+        FAILURES_TO_GIVE_UP failures in a row every step does: said in the log)."""
         while not self._free and self._tidying and self.broken is None:
             self._released.clear()
             await self._released.wait()
@@ -179,10 +191,18 @@ class JailPool:
         try:
             jail = await Jail.start(self.bwrap, work_dir)
         except (JailError, OSError) as exc:
-            self.broken = str(exc)
-            log.warning("jails cannot start here, so every step gets its own bwrap (slower): %s", exc)
+            self._failures += 1
+            if self._failures >= FAILURES_TO_GIVE_UP:
+                self.broken = str(exc)
+                log.warning("jails cannot start here, so every step gets its own bwrap (slower): %s", exc)
+            else:
+                log.warning("a jail did not start, so this step gets its own bwrap: %s", exc)
             await asyncio.to_thread(shutil.rmtree, work_dir, True)
             return None
+        except BaseException:  # cancelled: leave no work dir behind
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, work_dir, True))
+            raise
+        self._failures = 0
         self._all.add(jail)
         self.started += 1
         return jail
@@ -194,7 +214,7 @@ class JailPool:
     async def release(self, jail: Jail, *, reusable: bool) -> None:
         """Give a jail back after `tidying`: to the free list, or killed and its work dir removed."""
         try:
-            if reusable:
+            if reusable and not self._closing:
                 self._free.append(jail)
             else:
                 await self.discard(jail)
@@ -208,8 +228,11 @@ class JailPool:
         await asyncio.to_thread(_remove_tree, jail.work_dir)
 
     async def close(self) -> None:
-        jails, self._all, self._free = list(self._all), set(), []
-        for jail in jails:
+        """End the idle jails; one still running a step ends when the step gives it back."""
+        self._closing = True
+        idle, self._free = self._free, []
+        for jail in idle:
+            self._all.discard(jail)
             await jail.close()
             await asyncio.to_thread(_remove_tree, jail.work_dir)
 

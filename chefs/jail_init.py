@@ -4,17 +4,22 @@ Runs inside bwrap as `python -I -S -c <this file's text> FD`, so it imports noth
 standard library and reads no site configuration (~12 ms to start, once per jail). FD is its end
 of a unix socket to the chef (chefs/jail.py). Per step the chef sends one request: an 8-byte
 length (with the step's output fd attached, SCM_RIGHTS), then that many bytes, `argc\\0argv...\\0
-NAME=value...` NUL-separated. This program answers one line: the exit code (negative: the signal
-that killed it) and 1 (0 when the jail could not be made clean again), after
+NAME=value...` NUL-separated. This program answers one line: the exit status (128 + N for a
+command killed by signal N, as bwrap and the shell say) and 1 (0 when the jail could not be made
+as it was before the step: the chef then retires it), after
 
 - killing every other process left in the jail (a step's background jobs must not outlive it,
-  nor see the next step),
-- reaping them (orphans are re-parented to it, pid 1), and
-- emptying the jail's writable scratch places (/tmp, /dev/shm) and removing the SysV IPC objects
-  left in its IPC namespace.
+  nor see the next step), and reaping them (orphans are re-parented to it, pid 1);
+- emptying the jail's writable scratch places (/tmp, /dev/shm, /dev/mqueue), removing the SysV
+  IPC objects left in its IPC namespace and clearing its user keyrings;
+- checking that the step did not change this process's own settings, which the next step's
+  command would inherit (priority, CPU affinity, scheduling policy, I/O priority, rlimits): a
+  step runs as the same user, so it may lower them.
 
-As pid 1 of its pid namespace it receives no signal a step sends it, and it is not dumpable, so a
-step can neither ptrace it nor open its /proc files (its socket, its memory).
+/proc is read-only in a jail (no sysctl of its namespaces, no /proc/1/oom_score_adj), and / and
+/dev are too. As pid 1 of its pid namespace this program receives no signal a step sends it (it
+keeps no handler), and it is not dumpable, so a step can neither ptrace it nor open its /proc
+files (its socket, its memory).
 
 A command that cannot start gets the shell's status (127 not found, 126 not executable) and a
 line on its output naming it; one that is not a binary and has no `#!` runs under /bin/sh, as
@@ -26,22 +31,33 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import resource
 import signal
 import socket
 import struct
 import sys
 
-SCRATCH = ("/tmp", "/dev/shm")
+SCRATCH = ("/tmp", "/dev/shm", "/dev/mqueue")
 PR_SET_DUMPABLE = 4
 IPC_RMID = 0
+KEYCTL_CLEAR = 7
+KEYRINGS = (-3, -4, -5)  # the session, user and user-session keyrings
+IOPRIO_WHO_PROCESS = 1
+# keyctl and ioprio_get have no glibc wrapper: their numbers, where jails are supported.
+_SYSCALLS = {"x86_64": {"keyctl": 250, "ioprio_get": 252}, "aarch64": {"keyctl": 219, "ioprio_get": 31}}
 _HEADER = struct.Struct("=Q")
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def main(fd: int) -> None:
+    syscalls = _SYSCALLS.get(os.uname().machine)
+    if syscalls is None:
+        sys.exit(f"jail: no support for {os.uname().machine}")
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python's handler would let a step end us with SIGINT
     _LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     os.set_inheritable(fd, False)
     chef = socket.socket(fileno=fd)
+    settings = _settings(syscalls)
     chef.sendall(b"ready\n")
     while True:
         request = _receive(chef)
@@ -49,11 +65,11 @@ def main(fd: int) -> None:
             return  # the chef closed its end: the jail goes away
         argv, env, out = request
         try:
-            code = _run(argv, env, out)
+            status = _run(argv, env, out)
         finally:
             os.close(out)
-        clean = _end_leftovers()
-        chef.sendall(b"%d %d\n" % (code, clean))
+        clean = _end_leftovers(syscalls) and _settings(syscalls) == settings
+        chef.sendall(b"%d %d\n" % (status, clean))
 
 
 def _receive(chef: socket.socket) -> tuple[list[bytes], dict[bytes, bytes], int] | None:
@@ -82,29 +98,39 @@ def _read_exactly(chef: socket.socket, size: int) -> bytes:
 
 
 def _run(argv: list[bytes], env: dict[bytes, bytes], out: int) -> int:
-    """Start the command (posix_spawn: no Python runs in the child), wait for it, return its code."""
+    """Fork, exec the command in the child, wait for it; return its status as a shell says it."""
     program = _resolve(argv[0], env)
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, out, 1),
-        (os.POSIX_SPAWN_DUP2, out, 2),
-    ]
-    spawn = dict(file_actions=actions, setsid=True, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
-    try:
-        if program is None:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+    pid = os.fork()
+    if pid == 0:  # the child: only exec, or say why not and leave
         try:
-            pid = os.posix_spawn(program, argv, env, **spawn)
-        except OSError as exc:
-            if exc.errno != errno.ENOEXEC:
-                raise
-            pid = os.posix_spawn(b"/bin/sh", [b"sh", program, *argv[1:]], env, **spawn)  # as execvp does
-    except OSError as exc:
-        name = argv[0].decode(errors="replace")
-        os.write(out, f"jail: cannot run {name}: {exc.strerror}\n".encode())
-        return 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+            os.setsid()
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; a command must not
+                signal.signal(sig, signal.SIG_DFL)
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            _exec(program, argv, env)
+        except BaseException as exc:  # nothing may run on after this, in a fork
+            code = 127 if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+            with open(2, "w", closefd=False) as err:
+                err.write(f"jail: cannot run {argv[0].decode(errors='replace')}: "
+                          f"{exc.strerror if isinstance(exc, OSError) else exc}\n")
+            os._exit(code)
     _pid, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _exec(program: bytes | None, argv: list[bytes], env: dict[bytes, bytes]) -> None:
+    if program is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+    try:
+        os.execve(program, argv, env)
+    except OSError as exc:
+        if exc.errno != errno.ENOEXEC:
+            raise
+        os.execve(b"/bin/sh", [b"sh", program, *argv[1:]], env)  # as execvp does
 
 
 def _resolve(name: bytes, env: dict[bytes, bytes]) -> bytes | None:
@@ -119,12 +145,12 @@ def _resolve(name: bytes, env: dict[bytes, bytes]) -> bytes | None:
             if os.access(candidate, os.X_OK):
                 return candidate
             denied = denied or candidate
-    return denied  # spawning it says "Permission denied", as the shell would
+    return denied  # exec'ing it says "Permission denied", as the shell would
 
 
-def _end_leftovers() -> bool:
-    """Kill whatever the step left running, reap everything, empty the scratch places; False when
-    something could not be removed (the chef then retires this jail)."""
+def _end_leftovers(syscalls: dict[str, int]) -> bool:
+    """Kill whatever the step left running, reap everything, empty what steps share; False when
+    something could not be undone (the chef then retires this jail)."""
     try:
         os.kill(-1, signal.SIGKILL)  # from pid 1: every process in the jail but this one
     except ProcessLookupError:
@@ -137,9 +163,29 @@ def _end_leftovers() -> bool:
     try:
         for place in SCRATCH:
             _empty(place)
-    except OSError:
+        for keyring in KEYRINGS:
+            _LIBC.syscall(syscalls["keyctl"], KEYCTL_CLEAR, keyring)  # fails for one never made: fine
+        return _remove_sysv_ipc()
+    except Exception:  # whatever it was, this jail is not known clean
         return False
-    return _remove_sysv_ipc()
+
+
+def _empty(top: str) -> None:
+    """Remove everything under `top`, without recursion (a step may leave a tree thousands deep)."""
+    stack = [top]
+    dirs = []
+    while stack:
+        directory = stack.pop()
+        if directory != top:
+            os.chmod(directory, 0o700)  # a step may have made it unreadable
+        dirs.append(directory)
+        for entry in os.scandir(directory):
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            else:
+                os.unlink(entry.path)
+    for directory in reversed(dirs[1:]):  # deepest first
+        os.rmdir(directory)
 
 
 def _remove_sysv_ipc() -> bool:
@@ -151,25 +197,19 @@ def _remove_sysv_ipc() -> bool:
         try:
             with open(f"/proc/sysvipc/{kind}") as table:
                 ids = [int(row.split()[1]) for row in list(table)[1:]]
-        except OSError:
-            continue
+        except FileNotFoundError:
+            continue  # a kernel without SysV IPC
         if any(remove(i) != 0 for i in ids):
             return False
     return True
 
 
-def _empty(directory: str) -> None:
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            os.chmod(entry.path, 0o700)  # a step may have made it unreadable
-            _empty(entry.path)
-            os.rmdir(entry.path)
-        else:
-            os.unlink(entry.path)
+def _settings(syscalls: dict[str, int]) -> tuple[object, ...]:
+    """What of this process a step could change and the next step's command would inherit."""
+    limits = tuple(resource.getrlimit(getattr(resource, name)) for name in sorted(dir(resource))
+                   if name.startswith("RLIMIT_"))
+    return (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getaffinity(0), os.sched_getscheduler(0),
+            _LIBC.syscall(syscalls["ioprio_get"], IOPRIO_WHO_PROCESS, 0), limits)
 
 
 if __name__ == "__main__":

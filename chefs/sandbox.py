@@ -122,11 +122,11 @@ def sandbox_argv(bwrap: str, task_dir: Path, read_only_binds: Iterable[str], com
 
 def jail_argv(bwrap: str, work_dir: Path, init: list[str]) -> list[str]:
     """bwrap's argv for a jail (chefs/jail.py): a step's sandbox around `work_dir`, with `init` as
-    its pid 1, and / and /dev read-only so that steps leave nothing but what pid 1 empties
-    (/tmp, /dev/shm) and the work dir the chef empties."""
+    its pid 1. /, /dev and /proc (its namespaces' sysctls) are read-only, so that steps leave
+    nothing but what pid 1 empties (/tmp, /dev/shm, /dev/mqueue) and the work dir the chef empties."""
     return [bwrap, "--as-pid-1", *_isolation(), "--bind", str(work_dir), SANDBOX_ROOT,
-            "--remount-ro", "/dev", "--tmpfs", "/dev/shm", "--remount-ro", "/",
-            "--chdir", SANDBOX_ROOT, *init]
+            "--mqueue", "/dev/mqueue", "--remount-ro", "/dev", "--tmpfs", "/dev/shm", "--remount-ro", "/proc",
+            "--remount-ro", "/", "--chdir", SANDBOX_ROOT, *init]
 
 
 def _isolation() -> list[str]:

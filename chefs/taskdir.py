@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -99,21 +100,34 @@ def remove_leftovers(parent: Path) -> int:
 
 
 def remove_tree(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path, onerror=_retry_writable)
+    """Remove `path` and all under it; nothing if it is gone."""
+    if os.path.lexists(path):
+        empty_tree(path)
+        os.rmdir(path)
 
 
 def empty_tree(path: Path) -> None:
-    """Remove everything in `path`, keeping it (a mount point in a jail must stay the same inode)."""
-    os.chmod(path, 0o755)  # a step may have taken its own permissions away
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, onerror=_retry_writable)
-        else:
-            os.unlink(entry.path)
-
-
-def _retry_writable(func, failed_path, _exc_info):  # type: ignore[no-untyped-def]
-    # A step may have made a directory read-only; make it writable and try again.
-    os.chmod(os.path.dirname(failed_path), 0o700)
-    func(failed_path)
+    """Remove everything under `path`, keeping it (a jail's work dir is a mount point: the same
+    inode must stay). Without recursion, as a step may leave a tree thousands of levels deep, and
+    making writable what a step made read-only or unreadable (as root or as its owner)."""
+    top = str(path)
+    os.chmod(top, 0o755)
+    stack, dirs = [top], []
+    while stack:
+        directory = stack.pop()
+        dirs.append(directory)
+        for entry in os.scandir(directory):
+            if entry.is_dir(follow_symlinks=False):
+                os.chmod(entry.path, 0o700)
+                stack.append(entry.path)
+            else:
+                os.unlink(entry.path)
+    for directory in reversed(dirs[1:]):  # deepest first
+        os.rmdir(directory)
+    try:
+        for name in os.listxattr(top, follow_symlinks=False):  # a step may have set some (or an ACL)
+            os.removexattr(top, name, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    os.utime(top)

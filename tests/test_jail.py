@@ -75,14 +75,38 @@ def test_a_step_sees_nothing_the_step_before_it_left(cook: Cook) -> None:
 
 def test_a_step_cannot_change_the_jail_for_the_next(cook: Cook) -> None:
     tamper = _step(cook, "tamper", "touch /escape; touch /dev/escape; cat /proc/1/environ; ls -l /proc/1/fd; "
-                                   "kill -9 1; cp in.txt out.txt")
-    after = _step(cook, "after", "ls -A / /dev > out.txt")
+                                   "kill -9 1; kill -INT 1; echo 1 > /proc/sys/kernel/msgmni; touch /dev/mqueue/q; "
+                                   "python3 -c 'import os; os.setxattr(\".\", \"user.leak\", b\"x\")'; "
+                                   "cp in.txt out.txt")
+    after = _step(cook, "after", "ls -A / /dev /dev/mqueue > out.txt; "
+                                 "python3 -c 'import os; print(os.listxattr(\".\"))' >> out.txt")
     tampered, later = _cook_all(cook, [tamper, after])
     assert tampered.code == ErrorCode.OK and later.code == ErrorCode.OK, tampered.log + later.log
-    assert tampered.log.count("Read-only file system") == 2
+    assert tampered.log.count("Read-only file system") == 3  # /, /dev, /proc/sys
     assert tampered.log.count("Permission denied") >= 2  # pid 1 is not dumpable: no environ, no fds
-    assert _jails_started(cook) == 1  # `kill -9 1` did not end it
-    assert "escape" not in cook.store.path_for(later.outputs[0].digest).read_text()
+    assert _jails_started(cook) == 1  # neither `kill -9 1` nor `kill -INT 1` ended it
+    seen = cook.store.path_for(later.outputs[0].digest).read_text()
+    assert "escape" not in seen and "\nq\n" not in seen  # no file, no POSIX message queue left
+    assert seen.endswith("\n[]\n")  # no extended attribute left on /work
+
+
+def test_a_step_that_lowers_pid_1s_settings_gets_the_jail_retired(cook: Cook) -> None:
+    lower = _step(cook, "lower", "renice -n 7 -p 1 && prlimit --pid 1 --fsize=1000000 && cp in.txt out.txt")
+    look = _step(cook, "look", "{ nice; ulimit -f; } > out.txt")
+    lowered, looked = _cook_all(cook, [lower, look])
+    assert lowered.code == looked.code == ErrorCode.OK, lowered.log + looked.log
+    assert cook.store.path_for(looked.outputs[0].digest).read_text() == "0\nunlimited\n"
+    assert _jails_started(cook) == 2  # the changed one was not used again
+
+
+def test_a_very_deep_tree_left_behind_is_removed(cook: Cook) -> None:
+    deep = "/".join(["d"] * 1100)
+    steps = [_step(cook, "deep", f"mkdir -p {deep} /tmp/{deep} && cp in.txt out.txt"),
+             _step(cook, "next", "ls -A . /tmp > out.txt")]
+    made, after = _cook_all(cook, steps)
+    assert made.code == after.code == ErrorCode.OK, made.log + after.log
+    assert cook.store.path_for(after.outputs[0].digest).read_text() == ".:\nin.txt\nout.txt\n\n/tmp:\n"
+    assert _jails_started(cook) == 1
 
 
 def test_the_command_gets_its_own_environment_and_status(cook: Cook) -> None:
