@@ -5,10 +5,11 @@ down, a dozen mounts, each parsing /proc/self/mountinfo): ~70 ms of a 38-step C 
 the compiler wants. A jail pays that once. It is a bwrap sandbox like a step's (chefs/sandbox.py:
 the system's tool directories read-only, no network, no capabilities) whose /work is one fixed
 directory, its *work dir*, and whose pid 1 is a small program (chefs/jail_init.py) that starts
-each step's command in it. Between two steps that program kills and reaps whatever the first
-left running and empties /tmp and /dev/shm, and the chef empties the work dir before making the
-next step's task dir in it; / and /dev are read-only. So a step sees what it saw in its own bwrap:
-its task dir at /work and the tools, nothing of the step before.
+each step's command in it. Between two steps that program undoes what the first could leave
+(processes, scratch files, IPC objects, keys; chefs/jail_init.py says which) or retires the jail,
+and the chef empties the work dir before making the next step's task dir in it; /, /dev and /proc
+are read-only. So a step sees what it saw in its own bwrap: its task dir at /work and the tools,
+nothing of the step before.
 
 Only chefs that protect inputs by owner use jails (chefs/sandbox.py): protection by mount needs a
 bind per input per step, which only a new bwrap can make.
@@ -25,18 +26,18 @@ import logging
 import os
 import shutil
 import socket
-import struct
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from chefs.jail_init import HEADER
 from chefs.sandbox import jail_argv
+from chefs.taskdir import remove_tree
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 20.0
 FAILURES_TO_GIVE_UP = 3  # jails that fail to start in a row before a chef stops trying
-_HEADER = struct.Struct("=Q")
 _INIT_SOURCE = Path(__file__).with_name("jail_init.py")
 
 
@@ -50,7 +51,6 @@ class Jail:
         self._proc = proc
         self._sock = sock
         self._buffer = b""
-        self.steps_run = 0
         self.healthy = True  # false once killed, or left unclean by a step: never reused
 
     @classmethod
@@ -96,7 +96,7 @@ class Jail:
             payload = b"\0".join([str(len(argv)).encode(), *fields])
             try:
                 # 8 bytes into an idle socket's empty buffer: never blocks, so a plain sendmsg carries the fd.
-                socket.send_fds(self._sock, [_HEADER.pack(len(payload))], [out_fd])
+                socket.send_fds(self._sock, [HEADER.pack(len(payload))], [out_fd])
                 await asyncio.get_running_loop().sock_sendall(self._sock, payload)
             except OSError as exc:
                 raise JailError(f"the jail hung up: {exc}") from None
@@ -105,7 +105,6 @@ class Jail:
                 raise
         finally:
             os.close(out_fd)
-        self.steps_run += 1
 
     async def wait(self) -> int:
         """The exit status of the command `send` started (128 + N: killed by signal N). A jail that
@@ -225,7 +224,7 @@ class JailPool:
     async def discard(self, jail: Jail) -> None:
         self._all.discard(jail)
         await jail.kill()
-        await asyncio.to_thread(_remove_tree, jail.work_dir)
+        await asyncio.to_thread(remove_tree, jail.work_dir)
 
     async def close(self) -> None:
         """End the idle jails; one still running a step ends when the step gives it back."""
@@ -234,7 +233,7 @@ class JailPool:
         for jail in idle:
             self._all.discard(jail)
             await jail.close()
-            await asyncio.to_thread(_remove_tree, jail.work_dir)
+            await asyncio.to_thread(remove_tree, jail.work_dir)
 
 
 def _prepare(work_dir: Path) -> str:
@@ -242,8 +241,3 @@ def _prepare(work_dir: Path) -> str:
     work_dir.mkdir(parents=True)
     return _INIT_SOURCE.read_text()
 
-
-def _remove_tree(path: Path) -> None:
-    from chefs.taskdir import remove_tree
-
-    remove_tree(path)

@@ -28,6 +28,7 @@ line on its output naming it; one that is not a binary and has no `#!` runs unde
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -45,7 +46,7 @@ KEYRINGS = (-3, -4, -5)  # the session, user and user-session keyrings
 IOPRIO_WHO_PROCESS = 1
 # keyctl and ioprio_get have no glibc wrapper: their numbers, where jails are supported.
 _SYSCALLS = {"x86_64": {"keyctl": 250, "ioprio_get": 252}, "aarch64": {"keyctl": 219, "ioprio_get": 31}}
-_HEADER = struct.Struct("=Q")
+HEADER = struct.Struct("=Q")  # a request's length (chefs/jail.py sends it)
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
@@ -73,13 +74,13 @@ def main(fd: int) -> None:
 
 
 def _receive(chef: socket.socket) -> tuple[list[bytes], dict[bytes, bytes], int] | None:
-    header, fds, _flags, _addr = socket.recv_fds(chef, _HEADER.size, 1)
+    header, fds, _flags, _addr = socket.recv_fds(chef, HEADER.size, 1)
     if not header:
         return None
     if len(fds) != 1:
         raise RuntimeError(f"jail: expected one output fd, got {len(fds)}")
     os.set_inheritable(fds[0], False)
-    (size,) = _HEADER.unpack(header + _read_exactly(chef, _HEADER.size - len(header)))
+    (size,) = HEADER.unpack(header + _read_exactly(chef, HEADER.size - len(header)))
     fields = _read_exactly(chef, size).split(b"\0")
     argc = int(fields[0])
     env = dict(item.split(b"=", 1) for item in fields[1 + argc:])
@@ -151,10 +152,8 @@ def _resolve(name: bytes, env: dict[bytes, bytes]) -> bytes | None:
 def _end_leftovers(syscalls: dict[str, int]) -> bool:
     """Kill whatever the step left running, reap everything, empty what steps share; False when
     something could not be undone (the chef then retires this jail)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):  # none left
         os.kill(-1, signal.SIGKILL)  # from pid 1: every process in the jail but this one
-    except ProcessLookupError:
-        pass
     while True:
         try:
             os.waitpid(-1, 0)
@@ -162,7 +161,7 @@ def _end_leftovers(syscalls: dict[str, int]) -> bool:
             break
     try:
         for place in SCRATCH:
-            _empty(place)
+            empty_dir(place)
         for keyring in KEYRINGS:
             _LIBC.syscall(syscalls["keyctl"], KEYCTL_CLEAR, keyring)  # fails for one never made: fine
         return _remove_sysv_ipc()
@@ -170,8 +169,10 @@ def _end_leftovers(syscalls: dict[str, int]) -> bool:
         return False
 
 
-def _empty(top: str) -> None:
-    """Remove everything under `top`, without recursion (a step may leave a tree thousands deep)."""
+def empty_dir(top: str) -> None:
+    """Remove everything under `top`, keeping it: without recursion (a step may leave a tree
+    thousands deep), making each directory below it readable and writable first (a step may have
+    taken that away). Also what a chef empties a jail's work dir with (chefs/taskdir.py)."""
     stack = [top]
     dirs = []
     while stack:

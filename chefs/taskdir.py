@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from artefacts.lifeline import pid_alive
+from chefs.jail_init import empty_dir
 
 
 class LinkingStore(Protocol):
@@ -108,22 +109,11 @@ def remove_tree(path: Path) -> None:
 
 def empty_tree(path: Path) -> None:
     """Remove everything under `path`, keeping it (a jail's work dir is a mount point: the same
-    inode must stay). Without recursion, as a step may leave a tree thousands of levels deep, and
-    making writable what a step made read-only or unreadable (as root or as its owner)."""
+    inode must stay), whatever a step left there: a tree thousands deep, directories it made
+    unreadable, extended attributes (or an ACL) on `path` itself."""
     top = str(path)
     os.chmod(top, 0o755)
-    stack, dirs = [top], []
-    while stack:
-        directory = stack.pop()
-        dirs.append(directory)
-        for entry in os.scandir(directory):
-            if entry.is_dir(follow_symlinks=False):
-                os.chmod(entry.path, 0o700)
-                stack.append(entry.path)
-            else:
-                os.unlink(entry.path)
-    for directory in reversed(dirs[1:]):  # deepest first
-        os.rmdir(directory)
+    empty_dir(top)
     try:
         for name in os.listxattr(top, follow_symlinks=False):  # a step may have set some (or an ACL)
             os.removexattr(top, name, follow_symlinks=False)
