@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -161,6 +162,76 @@ def test_a_jail_killed_under_a_step_fails_that_step_only(cook: Cook) -> None:
     assert killed.code == ErrorCode.COMMAND_FAILED
     assert "sandbox ended under it" in killed.log
     assert after.code == ErrorCode.OK, after.log
+
+
+def test_a_send_cancelled_half_way_retires_the_jail(cook: Cook) -> None:
+    """pid 1 then holds a request's length and part of its bytes: in that jail the next request
+    would be read askew, its first bytes taken for the rest of this one. It must run no other step.
+    The loop's sock_sendall is stood in for once, so that the cancel lands half-way every time."""
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        real_sendall = loop.sock_sendall
+        halfway = asyncio.Event()
+
+        async def half_then_stall(sock: socket.socket, data: bytes) -> None:
+            del loop.sock_sendall  # once: the next request goes whole
+            await real_sendall(sock, data[:len(data) // 2])  # really sent: pid 1 reads it
+            halfway.set()
+            await loop.create_future()  # the rest waits, as for a pid 1 slow to read a long request
+
+        loop.sock_sendall = half_then_stall  # type: ignore[method-assign]
+        first = _step(cook, "first", 'printf %s "$STEP_VAR" > out.txt')
+        first.env["STEP_VAR"] = "first"
+        cancelled = asyncio.ensure_future(cook.run(first))
+        await asyncio.wait_for(halfway.wait(), WAIT_S)
+        [jail] = cook.jails._all  # type: ignore[union-attr]
+        cancelled.cancel()
+        await asyncio.wait([cancelled])
+        assert cancelled.cancelled() and not jail.healthy
+        second = _step(cook, "second", 'printf %s "$STEP_VAR" > out.txt')
+        second.env["STEP_VAR"] = "second"
+        after = await asyncio.wait_for(cook.run(second), WAIT_S)
+        await _settled(cook)
+        pooled = jail in cook.jails._all  # type: ignore[union-attr]
+        # Killed (-9), or ended by itself first: kill() closes the socket before it signals.
+        assert (jail._proc.returncode is not None, jail.work_dir.exists(), pooled) == (True, False, False)
+        assert after.code == ErrorCode.OK, after.log
+        assert cook.store.path_for(after.outputs[0].digest).read_text() == "second"  # its argv and env, whole
+        assert _jails_started(cook) == 2  # a new jail ran it
+        await cook.drain()
+
+    asyncio.run(run())
+
+
+def test_a_chef_stopping_ends_its_idle_jails_and_lets_a_running_step_finish(cook: Cook) -> None:
+    """A chef's drain (JailPool.close) ends the idle jails; a jail running a step keeps running it,
+    and is killed and its work dir removed when the step gives it back."""
+    async def run() -> None:
+        busy = asyncio.ensure_future(cook.run(_step(
+            cook, "busy", 'mkfifo gate && touch started && read -r word < gate && echo "$word" > out.txt')))
+        marker = await _wait_for_file(cook, "started")
+        [busy_jail] = cook.jails._all  # type: ignore[union-attr]
+        idle = await cook.run(_step(cook, "idle", "cp in.txt out.txt"))  # in a second jail
+        await _settled(cook)
+        [idle_jail] = cook.jails._free  # type: ignore[union-attr]
+        assert idle.code == ErrorCode.OK, idle.log
+        await asyncio.wait_for(cook.drain(), WAIT_S)  # the chef stops while "busy" runs
+        assert (idle_jail._proc.returncode, idle_jail.work_dir.exists()) == (0, False)  # pid 1 saw the socket close
+        assert (busy_jail._proc.returncode, busy_jail.healthy, busy.done()) == (None, True, False)  # still running
+        gate = os.open(marker.parent / "gate", os.O_RDWR | os.O_NONBLOCK)  # opens without waiting for the reader
+        try:
+            os.write(gate, b"go\n")
+            finished = await asyncio.wait_for(busy, WAIT_S)
+        finally:
+            os.close(gate)  # only now: `read` must find the line whenever it opens the fifo
+        assert finished.code == ErrorCode.OK, finished.log
+        assert cook.store.path_for(finished.outputs[0].digest).read_text() == "go\n"
+        await _settled(cook)  # the busy step gave its jail back
+        assert (busy_jail._proc.returncode is not None, busy_jail.work_dir.exists()) == (True, False)  # killed
+        assert cook.jails._all == set() and cook.jails._free == []  # type: ignore[union-attr]
+
+    asyncio.run(run())
+    assert list(cook.tasks_dir.iterdir()) == []
 
 
 async def _settled(cook: Cook) -> None:
