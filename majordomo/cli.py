@@ -208,6 +208,8 @@ def _load(args: argparse.Namespace, memo: dict | None = None,  # type: ignore[no
     root = args.directory.resolve()
     if not (root / args.file).is_file():
         raise UserError(f"no {args.file} in {root}")
+    if listed is not None:
+        listed.read_recipe_stat(str(root / args.file))
     try:
         overrides = _parse_vars(args.var)
         files = _source_lister(root, listed)()

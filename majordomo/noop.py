@@ -71,11 +71,27 @@ class ListedDirs:
     """The project's directories' stats as of when its files were listed for a build (globs
     expanded), and when that was."""
 
-    __slots__ = ("at_ns", "stats")
+    __slots__ = ("at_ns", "recipe", "recipe_at_ns", "stats")
 
     def __init__(self) -> None:
         self.at_ns = 0
         self.stats: dict[str, _Stat | None] = {}
+        # The recipe file's stat just before the build read it, and when: the stamp, written after
+        # the build (by the resident server, after its answer), must not vouch for a later save.
+        self.recipe: _Stat | None = None
+        self.recipe_at_ns = 0
+
+    def read_recipe_stat(self, path: str) -> None:
+        """Take the recipe's stat now, before it is read (a save after this changes it)."""
+        self.recipe_at_ns = time.time_ns()
+        self.recipe = _stat(path)
+
+    def recipe_as_read(self) -> _Stat | None:
+        """The recipe's stat as the build read it; None if it cannot vouch (changed within a clock
+        tick of the reading: a later save could keep its times)."""
+        if self.recipe is None or self.recipe[1] >= self.recipe_at_ns - TICK_MARGIN_NS:
+            return None
+        return self.recipe
 
 
 StampFile = tuple[str, str, tuple[int, int, int, int] | None]  # path, digest, stat when its digest was taken
@@ -104,6 +120,8 @@ def write_stamp(root: str, args_key: str, recipe_file: str, files: list[StampFil
         entries = [(p, _as_taken(_stat(os.path.join(root, p)), taken), digest) for p, digest, taken in files]
         dirs = _dir_stats(root, listed, written or {})
         recipe = _stat(os.path.join(root, recipe_file))
+        if listed is not None and listed.recipe_at_ns and recipe != listed.recipe_as_read():
+            recipe = None  # saved since the build read it, or too close to that: the next check must look
         stats = [s for s in (*(e[1] for e in entries), *(d[1] for d in dirs), recipe) if s is not None]
         newest = _wait_for_tick(stats, now)
         if newest is not None:
@@ -180,6 +198,9 @@ def listed_from(data: tuple[object, ...], at_ns: int) -> ListedDirs:
     listed = ListedDirs()
     listed.at_ns = at_ns
     listed.stats = {d: _stat_at(stats, i) for i, d in enumerate(dirs)}
+    recipe = data[3]
+    if isinstance(recipe, tuple):  # it held when the check said so, before `at_ns`
+        listed.recipe, listed.recipe_at_ns = recipe, at_ns  # type: ignore[assignment]
     return listed
 
 
@@ -224,8 +245,10 @@ def _dir_stats(root: str, listed: ListedDirs | None, written: Mapping[str, _Stat
 def _as_taken(now: _Stat | None, taken: tuple[int, int, int, int] | None) -> _Stat | None:
     if taken is None or (now is not None and now[:4] == taken):
         return now
-    # Changed (or gone) since the build read or wrote it: the stamp must not vouch for now.
-    return (*taken, now[_XBITS] if now is not None else 0)
+    # Changed (or gone) since the build read or wrote it: the stamp must not vouch for now. Its mode
+    # then is unknown (a chmod moves only the ctime): -1 matches no mode, so the next check cannot
+    # take a mode change for a touch of the same bytes.
+    return (*taken, -1)
 
 
 def _pack(items: list[tuple[str, _Stat | None]]) -> tuple[str, bytes]:
