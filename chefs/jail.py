@@ -135,7 +135,10 @@ class Jail:
     async def _line(self) -> bytes:
         loop = asyncio.get_running_loop()
         while b"\n" not in self._buffer:
-            chunk = await loop.sock_recv(self._sock, 4096)
+            try:
+                chunk = await loop.sock_recv(self._sock, 4096)
+            except OSError:  # ECONNRESET: pid 1 died with our request unread, which is an end too
+                chunk = b""
             if not chunk:
                 raise JailError(f"the jail's pid 1 is gone (bwrap exit status {await self._exit_status()})")
             self._buffer += chunk

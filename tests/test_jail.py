@@ -164,6 +164,51 @@ def test_a_jail_killed_under_a_step_fails_that_step_only(cook: Cook) -> None:
     assert after.code == ErrorCode.OK, after.log
 
 
+def test_a_jail_whose_pid_1_dies_with_the_request_unread_fails_that_step_only(cook: Cook) -> None:
+    """pid 1 killed (the OOM killer, an operator) after the chef sent a step but before it read it:
+    the chef's read gets ECONNRESET, not an end of file. That is the jail gone too: the step fails
+    saying so, the jail is not given back, and the next step gets a new one."""
+    import signal
+
+    async def run() -> tuple[Outcome, bool, Outcome]:
+        assert (await cook.run(_step(cook, "first", "cp in.txt out.txt"))).code == ErrorCode.OK
+        await _settled(cook)
+        [jail] = cook.jails._free  # type: ignore[union-attr]
+        pid1 = _pid_1_of(jail._proc.pid)
+        os.kill(pid1, signal.SIGSTOP)  # it must not read the next request before it dies
+        real_send = jail.send
+
+        async def send_then_kill(*args):  # type: ignore[no-untyped-def]
+            await real_send(*args)  # the request fits in the socket's buffer: sent at once
+            os.kill(pid1, signal.SIGKILL)
+
+        jail.send = send_then_kill  # type: ignore[method-assign]
+        victim = await cook.run(_step(cook, "victim", "cp in.txt out.txt"))
+        await _settled(cook)
+        reused = jail in cook.jails._free  # type: ignore[union-attr]
+        after = await cook.run(_step(cook, "after", "cp in.txt out.txt"))
+        await cook.drain()
+        return victim, reused, after
+
+    victim, reused, after = asyncio.run(run())
+    assert victim.code == ErrorCode.COMMAND_FAILED and "sandbox ended under it" in victim.log, victim.log
+    assert not reused
+    assert after.code == ErrorCode.OK, after.log
+    assert _jails_started(cook) == 2
+
+
+def _pid_1_of(bwrap: int) -> int:
+    """A jail's pid 1 (python), found among its bwrap's descendants."""
+    todo = [bwrap]
+    while todo:
+        pid = todo.pop()
+        if pid != bwrap and Path(f"/proc/{pid}/comm").read_text().startswith("python"):
+            return pid
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            todo += [int(child) for child in (task / "children").read_text().split()]
+    raise LookupError(f"no pid 1 under bwrap {bwrap}")
+
+
 def test_a_send_cancelled_half_way_retires_the_jail(cook: Cook) -> None:
     """pid 1 then holds a request's length and part of its bytes: in that jail the next request
     would be read askew, its first bytes taken for the rest of this one. It must run no other step.
