@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -89,10 +90,18 @@ async def _serve(config: ChefConfig) -> None:
         loop.add_signal_handler(sig, chef.request_stop)
     try:
         await chef.start()
-        print(f"chef {config.id} ready", flush=True)  # the embedded federation waits for this line
+        _say_ready(config.id)
         await chef.run_until_stopped()
     finally:
         await chef.stop()
+
+
+def _say_ready(chef_id: str) -> None:
+    """`chef ID ready` on stdout, which the embedded federation waits for: in one write, since the
+    chefs of a fleet (chefs/fleet.py) share the pipe, and `print` may write a line in two."""
+    sys.stdout.flush()
+    with contextlib.suppress(OSError):  # nobody reads it (a chef started by hand, its stdout closed)
+        os.write(sys.stdout.fileno(), f"chef {chef_id} ready\n".encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ that sends its arguments over a Unix socket in `.majordomo/` and prints what com
 
 Wire format, one JSON object per line. The client sends one request: `argv`, `cwd`, and how its
 streams render (`out_tty`, `err_tty`, `columns`). The server answers with `{"o": text}` (stdout),
-`{"e": text}` (stderr), and last `{"exit": code}`; or `{"retry": true}` when it is shutting down.
+`{"e": text}` (stderr), and last `{"exit": code}` (with `"federation_failed": true` when the local
+chefs could not start); or `{"retry": true}` when it is shutting down.
 The client closing the socket (Ctrl-C) cancels its build, as Ctrl-C does in-process.
 
 Builds of the project run one at a time: a second request waits its turn, and says so.
@@ -32,12 +33,11 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from majordomo.build_client import socket_address
+from majordomo.build_client import SOCKET_NAME, socket_address
 from majordomo.federation import Federation
 from majordomo.server_memory import ServerMemory
 from majordomo.tree_watch import TreeWatch
 
-SOCKET_NAME = "build.sock"
 log = logging.getLogger(__name__)
 
 
@@ -66,12 +66,16 @@ class ForwardedStream(io.TextIOBase):
 class BuildServer:
     """Serves build requests for one project on one federation, kept connected between builds."""
 
-    def __init__(self, root: Path, nats_url: str) -> None:
+    def __init__(self, root: Path, nats_url: str, chefs_ready: asyncio.Future[None] | None = None) -> None:
+        """`chefs_ready`: the local chefs' start, still under way; builds join the federation after it."""
         self.root = root
         self.state_dir = root / ".majordomo"
         self.socket_name = SOCKET_NAME
-        self.federation = Federation(root, "", None, attach_url=nats_url)
+        self.federation = Federation(root, "", None, attach_url=nats_url, chefs_ready=chefs_ready)
+        self._chefs_ready = chefs_ready
         self.busy = 0  # requests accepted and not finished (waiting or building)
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.last_used = time.monotonic()
         self.closing = False  # set while the supervisor decides to stop for idleness: refuse new work
         self._turn = asyncio.Lock()
@@ -102,8 +106,14 @@ class BuildServer:
         await self.federation.stop()
         self.memory.close()
 
+    async def idle(self, timeout_s: float) -> None:
+        """Until no request is in progress (at most `timeout_s`)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.busy += 1
+        self._idle.clear()
         try:
             if not _same_user(writer):
                 return
@@ -119,11 +129,13 @@ class BuildServer:
             err = ForwardedStream(writer, "e", bool(request.get("err_tty")), int(request.get("columns") or 80))
             await self._run_while_connected(reader, _Reply(writer), argv, cwd, out, err)
         finally:
-            self.busy -= 1
             self.last_used = time.monotonic()
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
             writer.close()
+            self.busy -= 1
+            if not self.busy:
+                self._idle.set()
 
     async def _run_while_connected(self, reader: asyncio.StreamReader, reply: _Reply, argv: list[str], cwd: str,
                                    out: ForwardedStream, err: ForwardedStream) -> None:
@@ -153,11 +165,16 @@ class BuildServer:
         async with self._turn:
             later: list[Callable[[], Awaitable[None]]] = []
             code = await build_in_server(argv, cwd, out, err, self.federation, self.memory, later)
-            await reply.exit(code)
+            await reply.exit(code, federation_failed=self._chefs_failed())
             # After the answer, still in our turn: the no-op stamp may wait a clock tick for the
             # outputs just written to age (majordomo/noop.py); the client need not wait for it.
             for work in later:
                 await work()
+
+
+    def _chefs_failed(self) -> bool:
+        started = self._chefs_ready
+        return started is not None and started.done() and not started.cancelled() and started.exception() is not None
 
 
 class _Reply:
@@ -167,11 +184,15 @@ class _Reply:
         self.writer = writer
         self.sent = False
 
-    async def exit(self, code: int) -> None:
+    async def exit(self, code: int, *, federation_failed: bool = False) -> None:
+        """`federation_failed`: the local chefs could not start (the client keeps their logs)."""
         if self.sent:
             return
         self.sent = True
-        self.writer.write(json.dumps({"exit": code}).encode() + b"\n")
+        frame: dict[str, object] = {"exit": code}
+        if federation_failed:
+            frame["federation_failed"] = True
+        self.writer.write(json.dumps(frame).encode() + b"\n")
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
 

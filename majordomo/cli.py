@@ -280,9 +280,11 @@ def _build(args: argparse.Namespace, argv: list[str], *, command_line: bool = Fa
     # A resident build server knows from its watch what changed (majordomo/tree_watch.py): it
     # answers a no-op sooner than this process could stat every file.
     if nats_url is None and _may_build_in_resident(args, root):
-        from majordomo.build_client import build_in_resident, exit_now
+        from majordomo.build_client import build_in_new_resident, build_in_resident, exit_now
 
         code = build_in_resident(root, argv)
+        if code is None and not (root / ".majordomo" / "state.db").exists():
+            code = build_in_new_resident(root, argv)  # a first build: every step will run
         if code is not None:
             if command_line:
                 exit_now(code)
@@ -496,6 +498,9 @@ async def full_build(args: argparse.Namespace, project, nats_url: str | None,  #
     try:
         report, build = await _run_build(project, state, args, nats_url, reporter, shared, carry, changed,
                                          memory.durations if memory is not None else None)
+    except BaseException:
+        reporter.close()  # cancelled or failed: erase the live area (the resident server has no atexit)
+        raise
     finally:
         if own_state:
             state.close()

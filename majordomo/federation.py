@@ -39,11 +39,14 @@ class Federation:
                  resolve: Callable[[str], Path | None] | None = None,
                  sftp_listen: tuple[str, int] = ("127.0.0.1", 0), advertise_host: str = "",
                  resident: bool = True, attach_url: str | None = None,
-                 joining: asyncio.Future[str] | None = None) -> None:
+                 joining: asyncio.Future[str] | None = None, chefs_ready: asyncio.Future[None] | None = None) -> None:
         """`joining`: `join_or_start` of the resident federation, already under way (see
-        `Build._federation`), which `start` then awaits instead of starting its own."""
+        `Build._federation`), which `start` then awaits instead of starting its own.
+        `chefs_ready`: with `attach_url`, the start of the federation's local chefs, still under
+        way; `start` ends once they are registered (or raises their FederationError)."""
         self.root = project_root
         self._joining = joining
+        self._chefs_ready = chefs_ready
         # The resident supervisor's own build server: the embedded federation is its own, already up.
         self.attach_url = attach_url
         # Builds join the project's resident embedded federation; a watch session, which keeps its
@@ -142,6 +145,8 @@ class Federation:
         if self.embedded:
             self.local_chefs = LocalChefs(self.state_dir, url, key_path, authorized)
             await self.local_chefs.start(EMBEDDED_CHEFS)
+        if self._chefs_ready is not None:
+            await asyncio.shield(self._chefs_ready)  # shared by every build that waits for it
 
     async def _join_resident(self, key: str, idle_s: float) -> NATS:
         """Join the project's resident federation, starting it if none runs with our code and key;

@@ -26,7 +26,8 @@ class FederationError(Exception):
 
 
 class LocalChefs:
-    """Chef processes the embedded federation starts on this machine, and stops afterwards."""
+    """The chefs the embedded federation starts on this machine, and stops afterwards: one
+    `python -m chefs.fleet` process, which imports the chef code once and forks the chefs."""
 
     def __init__(self, state_dir: Path, nats_url: str, key: Path, authorized: Path, *,
                  tied_to_parent: bool = False) -> None:
@@ -35,7 +36,7 @@ class LocalChefs:
         self.nats_url = nats_url
         self.key = key
         self.authorized = authorized
-        self.procs: list[asyncio.subprocess.Process] = []
+        self.fleet: asyncio.subprocess.Process | None = None
         self.ids: list[str] = []
 
     async def start(self, count: int) -> list[str]:
@@ -44,61 +45,79 @@ class LocalChefs:
         return ids
 
     async def spawn(self, count: int) -> list[str]:
-        """Start `count` chef processes without waiting for them: a supervisor imports its build
-        server meanwhile. `ready` waits for them."""
+        """Start `count` chefs without waiting for them: a supervisor imports its build server
+        meanwhile. `ready` waits for them."""
         slots = max(1, os.cpu_count() or 1)
         self.ids = [f"local-{n}" for n in range(1, count + 1)]
-        for chef_id in self.ids:
-            home = self.state_dir / "chefs" / chef_id
-            home.mkdir(parents=True, exist_ok=True)
-            log = open(home / "chef.log", "ab")  # noqa: ASYNC230 - only handed to the child
-            argv = [sys.executable, "-m", "chefs.cli", "--nats", self.nats_url, "--id", chef_id,
-                    "--home", str(home), "--key", str(self.key), "--authorized-keys", str(self.authorized),
-                    "--slots", str(slots),
-                    "--no-hand-over"]  # the local chefs stop together: nobody to hand over to
-            for kind in KNOWN_KINDS:
-                argv += ["--kind", kind]
-            proc = await asyncio.create_subprocess_exec(
+        homes = self.state_dir / "chefs"
+        homes.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "chefs.fleet", "--homes", str(homes), "--ids", ",".join(self.ids), "--",
+                "--nats", self.nats_url, "--key", str(self.key), "--authorized-keys", str(self.authorized),
+                "--slots", str(slots),
+                "--no-hand-over"]  # the local chefs stop together: nobody to hand over to
+        for kind in KNOWN_KINDS:
+            argv += ["--kind", kind]
+        log = open(homes / "fleet.log", "ab")  # noqa: ASYNC230 - only handed to the child
+        try:
+            self.fleet = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
                 start_new_session=True,  # Ctrl-C reaches only us; we stop the chefs in order
                 preexec_fn=die_with_parent() if self.tied_to_parent else None,
             )
+        finally:
             log.close()
-            self.procs.append(proc)
         return self.ids
 
     async def ready(self) -> None:
         """Wait until every spawned chef says it is ready (registered in the federation)."""
         try:
-            ready = (self._ready(proc, chef_id) for proc, chef_id in zip(self.procs, self.ids, strict=True))
-            await asyncio.wait_for(asyncio.gather(*ready), CHEF_START_TIMEOUT_S)
+            await asyncio.wait_for(self._ready(), CHEF_START_TIMEOUT_S)
         except TimeoutError:
             raise FederationError(f"local chefs did not start within {CHEF_START_TIMEOUT_S:g}s; "
                                   f"see {self.state_dir / 'chefs'}/*/chef.log") from None
 
     @property
     def running(self) -> bool:
-        return bool(self.procs) and all(p.returncode is None for p in self.procs)
+        return self.fleet is not None and self.fleet.returncode is None
 
-    async def _ready(self, proc: asyncio.subprocess.Process, chef_id: str) -> None:
-        assert proc.stdout
-        line = await proc.stdout.readline()
-        if b"ready" not in line:
-            await proc.wait()
-            log = self.state_dir / "chefs" / chef_id / "chef.log"
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-            raise FederationError(f"local chef {chef_id} failed to start: {' '.join(tail)}")
+    async def _ready(self) -> None:
+        assert self.fleet and self.fleet.stdout
+        waiting = set(self.ids)
+        while waiting:
+            words = (await self.fleet.stdout.readline()).decode(errors="replace").split()
+            if not words:  # the fleet ended: a chef failed to start
+                await self.fleet.wait()
+                raise FederationError(self._why_not_started(sorted(waiting)))
+            if words[0] == "chef" and words[-1] == "ready":
+                waiting.discard(words[1])
+
+    def _why_not_started(self, waiting: list[str]) -> str:
+        """The first chef log that says why, else the fleet's (a chef that failed before it had a log)."""
+        homes = self.state_dir / "chefs"
+        for chef_id in waiting:
+            tail = _tail(homes / chef_id / "chef.log")
+            if tail:
+                return f"local chef {chef_id} failed to start: {tail}"
+        return f"the local chefs did not start: {_tail(homes / 'fleet.log')}"
 
     async def stop(self) -> None:
-        for proc in self.procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        self.procs.clear()
+        fleet, self.fleet = self.fleet, None
+        if fleet is None:
+            return
+        if fleet.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                fleet.send_signal(signal.SIGTERM)  # passed on to each chef
+        try:
+            await asyncio.wait_for(fleet.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(fleet.pid, signal.SIGKILL)  # the fleet, its chefs and their steps: one group
+            await fleet.wait()
+
+
+def _tail(log: Path) -> str:
+    """The last lines of a log, on one line."""
+    try:
+        return " ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+    except OSError:
+        return ""

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from majordomo.build_server import BuildServer
     from majordomo.local_chefs import LocalChefs
 
-READY = "resident-ready"
+SERVING = "resident-serving"  # the build server listens; the chefs still start
+READY = "resident-ready"  # and the chefs are registered
 DEFAULT_IDLE_S = 600.0
 CHECK_S = 2.0
 STOP_TIMEOUT_S = 20.0
@@ -142,8 +143,19 @@ def stop_resident(state_dir: Path, timeout_s: float = STOP_TIMEOUT_S) -> bool:
 
 
 
-def _spawn(state_dir: Path, lock_fd: int, idle_s: float) -> str:
-    """Start the supervisor, detached (its own session, not killed with us), and wait for its ready line."""
+def withdraw(state_dir: Path, made_state_dir: bool) -> None:
+    """Undo a first build's start of the federation (the build failed on its input): stop it, and
+    remove the state directory if that build made it. Blocking."""
+    stop_resident(state_dir)
+    if made_state_dir:
+        import shutil
+
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _spawn(state_dir: Path, lock_fd: int, idle_s: float, *, serving: bool) -> str:
+    """Start the supervisor, detached (its own session, not killed with us), and wait for its ready
+    line; with `serving`, only for its build server to listen (its chefs may still be starting)."""
     import subprocess
 
     log = open(state_dir / "resident.log", "ab")
@@ -156,9 +168,11 @@ def _spawn(state_dir: Path, lock_fd: int, idle_s: float) -> str:
     finally:
         log.close()
     assert proc.stdout
-    line = proc.stdout.readline().decode(errors="replace").strip()  # bounded: the supervisor's own start-up
-    proc.stdout.close()
-    if not line.startswith(READY):
+    with proc.stdout:
+        line = proc.stdout.readline().decode(errors="replace").strip()  # bounded: the supervisor's own start-up
+        if line.startswith(SERVING) and not serving:
+            line = proc.stdout.readline().decode(errors="replace").strip()  # and its chefs' (bounded too)
+    if not line.startswith(SERVING if serving else READY) and not line.startswith(READY):
         proc.wait(STOP_TIMEOUT_S)
         tail = (state_dir / "resident.log").read_text(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError("the embedded federation did not start: " + " ".join(tail))
@@ -207,8 +221,9 @@ async def embedded_keys(state_dir: Path) -> tuple[Path, Path]:
     return key, public
 
 
-def join_or_start(state_dir: Path, key: str, idle_s: float) -> str:
-    """The URL of the project's resident federation, started now if none runs with our code and key.
+def join_or_start(state_dir: Path, key: str, idle_s: float, *, serving: bool = False) -> str:
+    """The URL of the project's resident federation, started now if none runs with our code and key,
+    once its chefs are registered; with `serving`, as soon as its build server takes builds.
 
     Blocking (locks, a child's start-up): call it in a thread."""
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -216,9 +231,12 @@ def join_or_start(state_dir: Path, key: str, idle_s: float) -> str:
         info = read_info(state_dir)
         held = lock_is_held(state_dir)
         if info is not None and held and pid_alive(int(info["pid"])):
-            if _suits(info, key):
+            if not _suits(info, key):
+                stop_resident(state_dir)  # other code, key or environment: it must not cook our steps
+                continue
+            if serving or info.get("chefs") == "ready":
                 return str(info["url"])
-            stop_resident(state_dir)  # other code, key or environment: it must not cook our steps
+            time.sleep(0.05)  # its chefs are starting (a process's start-up has no event to wait on here)
             continue
         if info is not None and not held:
             info_path(state_dir).unlink(missing_ok=True)  # its supervisor died without cleaning up
@@ -229,7 +247,7 @@ def join_or_start(state_dir: Path, key: str, idle_s: float) -> str:
             except BlockingIOError:
                 time.sleep(0.05)  # another build is starting one: join it once it is ready
                 continue
-            return _spawn(state_dir, fd, idle_s)
+            return _spawn(state_dir, fd, idle_s, serving=serving)
         finally:
             os.close(fd)  # the supervisor keeps its own descriptor, and with it the lock
     raise TimeoutError(f"no resident federation became ready within {START_TIMEOUT_S:g}s; "
@@ -253,7 +271,7 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
     import signal
 
     from artefacts.embedded_nats import EmbeddedNats
-    from majordomo.local_chefs import EMBEDDED_CHEFS, LocalChefs
+    from majordomo.local_chefs import EMBEDDED_CHEFS, FederationError, LocalChefs
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -266,27 +284,30 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
     builds: BuildServer | None = None
     try:
         # nats-server and the chefs first, the build server's imports (~80 ms, mostly nats-py; asyncssh
-        # only once SFTP is used) while the chefs start: a first build waits for the chefs, not both in turn.
+        # only once SFTP is used) while the chefs start. The build server takes requests before
+        # the chefs are ready: a first build reads its recipes meanwhile, and waits for them only
+        # to join the federation (majordomo/federation.py, `chefs_ready`).
         url = await server.start()
         key_path, authorized = await embedded_keys(state_dir)
         chefs = LocalChefs(state_dir, url, key_path, authorized, tied_to_parent=True)
         await chefs.spawn(EMBEDDED_CHEFS)
         from majordomo.build_server import BuildServer
 
-        builds = BuildServer(state_dir.parent, url)
+        chefs_ready = asyncio.ensure_future(chefs.ready())
+        builds = BuildServer(state_dir.parent, url, chefs_ready)
         await builds.start()
-        await chefs.ready()
         info = {"url": url, "pid": os.getpid(), "fingerprint": fingerprint(), "idle_s": idle_s, "key": str(key_path),
-                "env": environment(), "socket": builds.socket_name}
-        tmp = info_path(state_dir).with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)  # PATH and CP_* in clear
+                "env": environment(), "socket": builds.socket_name, "chefs": "starting"}
+        _write_info(state_dir, info)
+        _announce(f"{SERVING} {url}")
         try:
-            os.write(fd, json.dumps(info).encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, info_path(state_dir))
-        print(f"{READY} {url}", flush=True)
+            await chefs_ready
+        except FederationError as exc:
+            _say(f"stopping: {exc}")
+            await builds.idle(STOP_TIMEOUT_S)  # the builds waiting for the chefs tell their clients why
+            return 1
+        _write_info(state_dir, {**info, "chefs": "ready"})
+        _announce(f"{READY} {url}")
         _say(f"up: nats {url}, {EMBEDDED_CHEFS} local chefs, builds on {builds.socket_name}")
         _say(f"stopping: {await _watch(state_dir, server, chefs, builds, idle_s, stopping)}")
         return 0
@@ -297,6 +318,24 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
         if chefs:
             await chefs.stop()
         await server.stop()
+
+
+def _write_info(state_dir: Path, info: dict) -> None:
+    """resident.json, replaced whole (a reader never sees half of it)."""
+    tmp = info_path(state_dir).with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)  # PATH and CP_* in clear
+    try:
+        os.write(fd, json.dumps(info).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, info_path(state_dir))
+
+
+def _announce(line: str) -> None:
+    """A line for the build that started us; it may have stopped reading (it waits for SERVING only)."""
+    with contextlib.suppress(OSError):
+        os.write(sys.stdout.fileno(), f"{line}\n".encode())
 
 
 async def _watch(state_dir: Path, server: EmbeddedNats, chefs: LocalChefs, builds: BuildServer, idle_s: float,

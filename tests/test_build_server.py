@@ -160,3 +160,56 @@ def test_a_server_with_no_build_of_its_own_answers_no_ops_and_sees_edits(tmp_pat
     run = thin_build(project)
     assert run.returncode == 0 and "nothing changed" not in run.stdout, run.stdout
     assert (project / "build/all.txt").read_text() == "APPLE\nBRAVO\n"
+
+
+def _processes_of(project: Path) -> list[int]:
+    """Processes whose command line names the project's state directory: its supervisor, nats-server, chefs."""
+    marker = str(project / ".majordomo").encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if marker in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_first_build_runs_in_the_resident_server_it_starts(tmp_path: Path) -> None:
+    """A fresh project's first build starts the resident federation and hands itself to its build
+    server, which reads the recipes while the chefs start: the client imports no NATS (THIN)."""
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    run = thin_build(project, "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1])["steps_run"] == 3
+    assert (project / "build/all.txt").read_text() == "ALPHA\nBETA\n"
+    info = json.loads((project / ".majordomo" / "resident.json").read_text())
+    assert info["chefs"] == "ready"
+
+    (project / "src/a.txt").write_text("apple\n")  # the same server builds the next one
+    again = thin_build(project, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["steps_run"] == 2
+    assert _resident_pid(project) == info["pid"]
+
+
+def test_a_first_build_with_a_recipe_error_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The federation it started for nothing is stopped, and the state directory it made is gone."""
+    project = write_project(tmp_path / "p", UPPER_JOIN + "\n[[step]]\nname = \n", SOURCES)
+    run = thin_build(project)
+    assert run.returncode == 2 and "majordomo.toml" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (project / ".majordomo").exists()
+    assert _processes_of(project) == []
+
+
+def test_a_first_build_whose_chefs_cannot_start_says_why_and_keeps_their_logs(tmp_path: Path) -> None:
+    project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
+    (project / ".majordomo" / "chefs").mkdir(parents=True)
+    (project / ".majordomo" / "chefs" / "local-1").write_text("not a directory: chef local-1 cannot make its home\n")
+    run = thin_build(project)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "local chefs did not start" in run.stderr and "chef local-1 ended with 1" in run.stderr, run.stderr
+    assert "FileExistsError" in (project / ".majordomo" / "chefs" / "fleet.log").read_text()
+    assert _wait_for(lambda: not _processes_of(project)), _processes_of(project)
+    assert not (project / ".majordomo" / "resident.json").exists()

@@ -35,6 +35,13 @@ def _children_of(pid: int) -> list[int]:
     return found
 
 
+def _federation_processes(supervisor: int) -> list[int]:
+    """The supervisor, its nats-server and chefs' fleet, and the chefs the fleet forked (not the
+    chefs' own jails)."""
+    children = _children_of(supervisor)
+    return [supervisor, *children, *(chef for child in children for chef in _children_of(child))]
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -56,8 +63,10 @@ def test_builds_join_the_resident_federation_and_stop_ends_it(tmp_path: Path) ->
     first = majordomo(project, "build", "--json")
     assert first.code == 0, first.stderr
     resident = _resident(project)
-    processes = [resident["pid"], *_children_of(resident["pid"])]
-    assert len(processes) == 4, processes  # the supervisor, a nats-server and two chefs
+    children = _children_of(resident["pid"])  # a nats-server and the chefs' fleet
+    chefs = [chef for child in children for chef in _children_of(child)]  # the two chefs the fleet forked
+    processes = [resident["pid"], *children, *chefs]
+    assert len(children) == 2 and len(chefs) == 2, processes
 
     (project / "src/a.txt").write_text("apple\n")
     second = majordomo(project, "build", "--json")
@@ -79,7 +88,8 @@ def test_an_idle_federation_stops_itself(tmp_path: Path) -> None:
     run = majordomo(project, "build", env={"MAJORDOMO_RESIDENT": "1"})
     assert run.code == 0, run.stderr
     resident = _resident(project)
-    processes = [resident["pid"], *_children_of(resident["pid"])]
+    processes = _federation_processes(resident["pid"])
+    assert len(processes) == 5, processes
     assert _wait_gone(processes) == []
     assert not (project / ".majordomo" / "resident.json").exists()
     assert "stopping: no build for 1 s" in (project / ".majordomo" / "resident.log").read_text()  # says why
@@ -89,9 +99,10 @@ def test_a_killed_supervisor_takes_its_processes_along_and_the_next_build_starts
     project = write_project(tmp_path / "p", UPPER_JOIN, SOURCES)
     assert majordomo(project, "build").code == 0
     resident = _resident(project)
-    children = _children_of(resident["pid"])
+    processes = _federation_processes(resident["pid"])
+    assert len(processes) == 5, processes
     os.kill(resident["pid"], signal.SIGKILL)
-    assert _wait_gone([resident["pid"], *children]) == []  # the kernel tells them their parent died
+    assert _wait_gone(processes) == []  # the kernel tells them their parent died
 
     (project / "src/b.txt").write_text("bravo\n")
     run = majordomo(project, "build", "--json")

@@ -103,7 +103,7 @@ def test_one_slot_runs_the_longest_chain_first_measured_or_guessed(tmp_path: Pat
 
     First build: nothing measured, so the steps with big inputs (guessed long) go first, and
     `slow` (tiny input) last. Then, inputs changed: `slow` was measured at ~0.3 s, the others at a
-    few ms, so `slow` goes first: in the resident build server (the first build ran in-process); then
+    few ms, so `slow` goes first: in the resident build server (which the first build started and ran in); then
     with the state deleted, from the server's memory; then after `majordomo stop` (no memory), from
     the durations recorded in the state."""
     names = ["slow", "wide-1", "wide-2", "wide-3"]

@@ -51,15 +51,19 @@ class Watcher:
 
 
 def _chef_processes(project: Path) -> list[int]:
+    """The project's chefs: forked by its chefs.fleet process, each named `chef ID` (not the fleet
+    itself, nor the chefs' jails)."""
     marker = str(project / ".majordomo" / "chefs").encode()
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmdline = f.read()
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                name = f.read()
         except OSError:
             continue
-        if marker in cmdline and b"chefs.cli" in cmdline:  # not their jails (bwrap)
+        if marker in cmdline and b"chefs.fleet" in cmdline and name.startswith(b"chef "):
             found.append(int(pid))
     return found
 

@@ -1,0 +1,99 @@
+"""chefs/fleet.py: several chefs forked from one interpreter, living and ending together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO
+
+BOUND_S = 30.0
+
+
+def _start_fleet(url: str, homes: Path, ids: str) -> subprocess.Popen[str]:
+    fleet = subprocess.Popen(
+        [sys.executable, "-m", "chefs.fleet", "--homes", str(homes), "--ids", ids, "--",
+         "--nats", url, "--kind", "shell", "--no-hand-over"],
+        stdout=subprocess.PIPE, stderr=open(homes.parent / "fleet.log", "wb"), text=True, cwd=REPO,
+        start_new_session=True)
+    assert fleet.stdout
+    lines = [fleet.stdout.readline() for _ in ids.split(",")]  # one line per chef, once registered
+    logs = [(homes.parent / "fleet.log").read_text(), *(p.read_text() for p in homes.glob("*/chef.log"))]
+    assert sorted(lines) == sorted(f"chef {i} ready\n" for i in ids.split(",")), (lines, logs)
+    return fleet
+
+
+def _chefs_of(fleet: int) -> dict[str, int]:
+    """The fleet's children by process name (`chef ID`)."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            name = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == fleet:
+            found[name] = int(entry)
+    return found
+
+
+def _gone(pids: list[int]) -> bool:
+    """Whether all have exited (zombies count as gone), polling /proc within BOUND_S."""
+    deadline = time.monotonic() + BOUND_S
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+            except OSError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_fleet_runs_each_chef_in_its_own_named_process_and_sigterm_stops_them(nats_url: str,
+                                                                                tmp_path: Path) -> None:
+    homes = tmp_path / "chefs"
+    fleet = _start_fleet(nats_url, homes, "one,two")
+    try:
+        chefs = _chefs_of(fleet.pid)
+        assert set(chefs) == {"chef one", "chef two"}, chefs
+        for chef_id in ("one", "two"):
+            assert "ready" in (homes / chef_id / "chef.log").read_text()  # each chef logs to its own home
+        fleet.send_signal(signal.SIGTERM)
+        assert fleet.wait(BOUND_S) == 0
+        assert _gone(list(chefs.values()))
+    finally:
+        if fleet.poll() is None:
+            os.killpg(fleet.pid, signal.SIGKILL)
+
+
+def test_when_one_chef_dies_the_fleet_stops_the_others_and_says_which(nats_url: str, tmp_path: Path) -> None:
+    """The embedded federation restarts its chefs together: a fleet with one chef missing must end."""
+    homes = tmp_path / "chefs"
+    fleet = _start_fleet(nats_url, homes, "one,two")
+    try:
+        chefs = _chefs_of(fleet.pid)
+        os.kill(chefs["chef one"], signal.SIGKILL)
+        assert fleet.wait(BOUND_S) == 128 + signal.SIGKILL
+        assert _gone([chefs["chef two"]])
+        log = (tmp_path / "fleet.log").read_text()
+        assert "chef one ended with -9" in log and "chef two ended" not in log, log
+    finally:
+        if fleet.poll() is None:
+            os.killpg(fleet.pid, signal.SIGKILL)
+
+
+def test_a_bad_chef_argument_stops_the_fleet_before_any_chef_starts(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "chefs.fleet", "--homes", str(tmp_path), "--ids", "one", "--",
+                          "--nats", "nats://127.0.0.1:1", "--kind", "no-such-kind"],
+                         capture_output=True, text=True, cwd=REPO, timeout=BOUND_S)
+    assert run.returncode == 2 and "no-such-kind" in run.stderr, run.stderr
+    assert not (tmp_path / "one").exists()
