@@ -171,7 +171,6 @@ class BuildServer:
             for work in later:
                 await work()
 
-
     def _chefs_failed(self) -> bool:
         started = self._chefs_ready
         return started is not None and started.done() and not started.cancelled() and started.exception() is not None

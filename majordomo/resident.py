@@ -172,7 +172,7 @@ def _spawn(state_dir: Path, lock_fd: int, idle_s: float, *, serving: bool) -> st
         line = proc.stdout.readline().decode(errors="replace").strip()  # bounded: the supervisor's own start-up
         if line.startswith(SERVING) and not serving:
             line = proc.stdout.readline().decode(errors="replace").strip()  # and its chefs' (bounded too)
-    if not line.startswith(SERVING if serving else READY) and not line.startswith(READY):
+    if not line.startswith((SERVING, READY) if serving else READY):
         proc.wait(STOP_TIMEOUT_S)
         tail = (state_dir / "resident.log").read_text(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError("the embedded federation did not start: " + " ".join(tail))

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,3 +220,38 @@ def put(store: Any, data: bytes) -> str:
     digest = hash_bytes(data)
     store.commit(temp, digest)
     return digest
+
+
+# -- processes, as /proc shows them (the exit of a process that is not our child has no event) ----
+
+GONE_S = 30.0  # bound on a process ending once told to (or once its parent died)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: list[int]) -> list[int]:
+    """Processes still alive after GONE_S (polling /proc)."""
+    deadline = time.monotonic() + GONE_S
+    while (still := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return still

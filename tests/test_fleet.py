@@ -6,10 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, children_of, wait_gone
 
 BOUND_S = 30.0
 
@@ -29,33 +28,7 @@ def _start_fleet(url: str, homes: Path, ids: str) -> subprocess.Popen[str]:
 
 def _chefs_of(fleet: int) -> dict[str, int]:
     """The fleet's children by process name (`chef ID`)."""
-    found = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            name = Path(f"/proc/{entry}/comm").read_text().strip()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == fleet:
-            found[name] = int(entry)
-    return found
-
-
-def _gone(pids: list[int]) -> bool:
-    """Whether all have exited (zombies count as gone), polling /proc within BOUND_S."""
-    deadline = time.monotonic() + BOUND_S
-    while time.monotonic() < deadline:
-        alive = []
-        for pid in pids:
-            try:
-                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    alive.append(pid)
-            except OSError:
-                pass
-        if not alive:
-            return True
-        time.sleep(0.05)
-    return False
+    return {Path(f"/proc/{pid}/comm").read_text().strip(): pid for pid in children_of(fleet)}
 
 
 def test_a_fleet_runs_each_chef_in_its_own_named_process_and_sigterm_stops_them(nats_url: str,
@@ -69,7 +42,7 @@ def test_a_fleet_runs_each_chef_in_its_own_named_process_and_sigterm_stops_them(
             assert "ready" in (homes / chef_id / "chef.log").read_text()  # each chef logs to its own home
         fleet.send_signal(signal.SIGTERM)
         assert fleet.wait(BOUND_S) == 0
-        assert _gone(list(chefs.values()))
+        assert wait_gone(list(chefs.values())) == []
     finally:
         if fleet.poll() is None:
             os.killpg(fleet.pid, signal.SIGKILL)
@@ -83,7 +56,7 @@ def test_when_one_chef_dies_the_fleet_stops_the_others_and_says_which(nats_url: 
         chefs = _chefs_of(fleet.pid)
         os.kill(chefs["chef one"], signal.SIGKILL)
         assert fleet.wait(BOUND_S) == 128 + signal.SIGKILL
-        assert _gone([chefs["chef two"]])
+        assert wait_gone([chefs["chef two"]]) == []
         log = (tmp_path / "fleet.log").read_text()
         assert "chef one ended with -9" in log and "chef two ended" not in log, log
     finally:

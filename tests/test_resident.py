@@ -7,55 +7,24 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import REPO, UPPER_JOIN, majordomo, write_project
+from conftest import GONE_S, REPO, UPPER_JOIN, alive, children_of, majordomo, wait_gone, write_project
 
 from artefacts.keys import load_or_create_key
 
 SOURCES = {"src/a.txt": "alpha\n", "src/b.txt": "beta\n"}
-GONE_S = 30.0  # bound on a process ending once told to (or once its parent died)
 
 
 def _resident(project: Path) -> dict:
     return json.loads((project / ".majordomo" / "resident.json").read_text())
 
 
-def _children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def _federation_processes(supervisor: int) -> list[int]:
     """The supervisor, its nats-server and chefs' fleet, and the chefs the fleet forked (not the
     chefs' own jails)."""
-    children = _children_of(supervisor)
-    return [supervisor, *children, *(chef for child in children for chef in _children_of(child))]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _wait_gone(pids: list[int]) -> list[int]:
-    """Processes still alive after GONE_S (polling /proc: an exit of a non-child has no event)."""
-    deadline = time.monotonic() + GONE_S
-    while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return alive
+    children = children_of(supervisor)
+    return [supervisor, *children, *(chef for child in children for chef in children_of(child))]
 
 
 def test_builds_join_the_resident_federation_and_stop_ends_it(tmp_path: Path) -> None:
@@ -63,8 +32,8 @@ def test_builds_join_the_resident_federation_and_stop_ends_it(tmp_path: Path) ->
     first = majordomo(project, "build", "--json")
     assert first.code == 0, first.stderr
     resident = _resident(project)
-    children = _children_of(resident["pid"])  # a nats-server and the chefs' fleet
-    chefs = [chef for child in children for chef in _children_of(child)]  # the two chefs the fleet forked
+    children = children_of(resident["pid"])  # a nats-server and the chefs' fleet
+    chefs = [chef for child in children for chef in children_of(child)]  # the two chefs the fleet forked
     processes = [resident["pid"], *children, *chefs]
     assert len(children) == 2 and len(chefs) == 2, processes
 
@@ -73,11 +42,11 @@ def test_builds_join_the_resident_federation_and_stop_ends_it(tmp_path: Path) ->
     assert second.code == 0 and second.summary["steps_run"] == 2, second.stderr
     assert (project / "build/all.txt").read_text() == "APPLE\nBETA\n"
     assert _resident(project)["pid"] == resident["pid"]  # joined, not started again
-    assert [p for p in processes if _alive(p)] == processes
+    assert [p for p in processes if alive(p)] == processes
 
     stop = majordomo(project, "stop")
     assert stop.code == 0 and "stopped" in stop.stderr
-    assert _wait_gone(processes) == []
+    assert wait_gone(processes) == []
     assert not (project / ".majordomo" / "resident.json").exists()
     log = (project / ".majordomo" / "resident.log").read_text()
     assert f"[{resident['pid']}]: up: nats " in log and f"[{resident['pid']}]: stopping: asked to" in log
@@ -90,7 +59,7 @@ def test_an_idle_federation_stops_itself(tmp_path: Path) -> None:
     resident = _resident(project)
     processes = _federation_processes(resident["pid"])
     assert len(processes) == 5, processes
-    assert _wait_gone(processes) == []
+    assert wait_gone(processes) == []
     assert not (project / ".majordomo" / "resident.json").exists()
     assert "stopping: no build for 1 s" in (project / ".majordomo" / "resident.log").read_text()  # says why
 
@@ -102,7 +71,7 @@ def test_a_killed_supervisor_takes_its_processes_along_and_the_next_build_starts
     processes = _federation_processes(resident["pid"])
     assert len(processes) == 5, processes
     os.kill(resident["pid"], signal.SIGKILL)
-    assert _wait_gone(processes) == []  # the kernel tells them their parent died
+    assert wait_gone(processes) == []  # the kernel tells them their parent died
 
     (project / "src/b.txt").write_text("bravo\n")
     run = majordomo(project, "build", "--json")
@@ -122,7 +91,7 @@ def test_a_build_with_another_key_does_not_join(tmp_path: Path) -> None:
     assert run.code == 0 and run.summary["steps_run"] == 2, run.stderr
     again = _resident(project)
     assert again["pid"] != first["pid"] and again["key"] == str(other)
-    assert _wait_gone([first["pid"]]) == []
+    assert wait_gone([first["pid"]]) == []
 
 
 def test_watch_runs_its_own_federation_and_leaves_nothing(tmp_path: Path) -> None:
@@ -139,7 +108,7 @@ def test_watch_runs_its_own_federation_and_leaves_nothing(tmp_path: Path) -> Non
         for line in proc.stdout:  # the first build's summary: an event, not a sleep
             if "build ok" in line:
                 break
-        assert _wait_gone([supervisor]) == []
+        assert wait_gone([supervisor]) == []
         assert not (project / ".majordomo" / "resident.json").exists()
     finally:
         proc.send_signal(signal.SIGINT)
