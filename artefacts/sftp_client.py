@@ -25,18 +25,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from artefacts.hashing import StreamHasher
 from artefacts.keys import fingerprint, known_hosts_for, load_or_create_key
 from artefacts.lazymodule import LazyModule
+from artefacts.localtake import VIA_COPY, VIA_HELD, VIA_LINK, VIA_SFTP, LocalWant, take_into_store
 from artefacts.samehost import (
-    LocalMismatch,
     copy_verified,
     enabled_by_env,
     host_identity,
-    link_entry,
     local_path,
 )
 from artefacts.sftp_settings import COMPRESSION_ALGS, ENCRYPTION_ALGS, MAX_PKTSIZE, WINDOW
-from artefacts.store import LINK_FALLBACK_ERRNOS, Store
+from artefacts.store import Store
 from protocol.digests import parse_digest, store_relpath
-from protocol.messages import LAYOUT_STORE, LocalAccess, SftpEndpoint
+from protocol.messages import LocalAccess, SftpEndpoint
 
 if TYPE_CHECKING:
     import asyncssh
@@ -56,13 +55,6 @@ DEFAULT_TRANSFERS = 8  # transfers at once per Puller; bounds memory (each holds
 CONNECT_TIMEOUT = 5.0  # TCP connect + SSH handshake + auth, per attempt
 IO_TIMEOUT = 30.0  # longest wait for the next block before the owner counts as stalled
 _WRITE_HIGH_WATER = 16 * 1024 * 1024  # received bytes waiting for the disk before we stop reading
-
-# How a pull was satisfied.
-VIA_HELD = "held"  # the store had it already
-VIA_SFTP = "sftp"
-VIA_LINK = "link"  # hardlinked from a same-host owner's store
-VIA_COPY = "copy"  # copied from a same-host owner's file, verified
-
 
 class Pulled(NamedTuple):
     path: Path
@@ -443,64 +435,42 @@ class Puller:
         """Same-host owners first (no network), otherwise in the order given."""
         return sorted(endpoints, key=lambda ep: not self.is_local(ep))
 
+    async def take_local_many(self, wanted: Sequence[tuple[str, int, SftpEndpoint, str]]) -> dict[str, Pulled]:
+        """Take many artefacts from same-host owners in one thread, committed together
+        (`artefacts/localtake.py`): (digest, size, owner, project path) -> how each came. What is missing
+        from the answer (its owner not on this host, or its file not giving the bytes) is for `pull_via`."""
+        wants = [LocalWant(digest, size, ep.local, hint) for digest, size, ep, hint in wanted
+                 if ep.local is not None and self.is_local(ep)]
+        if not wants:
+            return {}
+        taken = await asyncio.to_thread(take_into_store, self._store, wants, link=self._link)
+        sizes = {want.digest: want.size for want in wants}
+        pulled: dict[str, Pulled] = {}
+        for digest, got in taken.items():
+            if got is None:
+                self.local_fallbacks += 1
+                continue
+            self._count_local(got.via, sizes[digest])
+            pulled[digest] = Pulled(got.path, got.via)
+        return pulled
+
     async def _take_local(self, digest: str, size: int, access: LocalAccess, hint: str) -> Pulled | None:
         """Put an owner's file into our store without the network; None (counted) when that did not work."""
-        try:
-            # Only store entries are ever linked: a workspace file stays the user's (chmod, edits in place).
-            if self._link and access.linkable and access.layout == LAYOUT_STORE:
-                path = await asyncio.to_thread(self._link_into_store, access, digest, size)
-                if path is not None:
-                    self.files_linked += 1
-                    self.bytes_linked += size
-                    return Pulled(path, VIA_LINK)
-            path = await asyncio.to_thread(self._copy_into_store, access, digest, size, hint)
-        except (OSError, LocalMismatch) as exc:  # gone, unreadable, wrong bytes...: SFTP decides
-            log.debug("same-host pull of %s from %s failed: %s", digest, access.root, exc)
-            path = None
-        if path is None:
+        want = LocalWant(digest, size, access, hint)
+        got = (await asyncio.to_thread(take_into_store, self._store, [want], link=self._link))[digest]
+        if got is None:
             self.local_fallbacks += 1
             return None
-        self.files_copied += 1
-        self.bytes_copied += size
-        return Pulled(path, VIA_COPY)
+        self._count_local(got.via, size)
+        return Pulled(got.path, got.via)
 
-    def _link_into_store(self, access: LocalAccess, digest: str, size: int) -> Path | None:
-        """Hardlink a same-host store entry into ours, verified; None when it must be copied instead."""
-        source = local_path(access, digest)
-        if source is None:
-            return None
-        temp = self._store.new_temp()
-        try:
-            if not link_entry(source, temp, digest, size):
-                return None
-            path = self._store.commit(temp, digest)  # the same commit as an SFTP receipt
-        except OSError as exc:
-            _unlink_quietly(temp)
-            if exc.errno in LINK_FALLBACK_ERRNOS:
-                return None
-            raise
-        return path
-
-    def _copy_into_store(self, access: LocalAccess, digest: str, size: int, hint: str) -> Path | None:
-        """Copy a same-host file into our store, hashing as it goes; None unless the digest matched."""
-        source = local_path(access, digest, hint)
-        if source is None:
-            return None
-        temp = self._store.new_temp()
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                ok = copy_verified(source, fd, digest, size)
-            finally:
-                os.close(fd)
-            if ok:
-                path = self._store.commit(temp, digest)  # the same commit as an SFTP receipt
-                temp = None
-                return path
-            return None
-        finally:
-            if temp is not None:
-                _unlink_quietly(temp)
+    def _count_local(self, via: str, size: int) -> None:
+        if via == VIA_LINK:
+            self.files_linked += 1
+            self.bytes_linked += size
+        elif via == VIA_COPY:
+            self.files_copied += 1
+            self.bytes_copied += size
 
     async def _fetch_local(self, digest: str, size: int, access: LocalAccess, dest: Path) -> bool:
         """Copy a same-host owner's file to `dest`, verified; never a link (a user editing the workspace

@@ -115,9 +115,9 @@ class Store:
         entry is either absent or complete. If the entry exists already the temp file is dropped.
         Sync: run it in a thread.
         """
-        return self._commit_many([(Path(temp_path), digest)])[0]
+        return self.commit_many([(Path(temp_path), digest)])[0]
 
-    def _commit_many(self, pairs: Sequence[tuple[Path, str]]) -> list[Path]:
+    def commit_many(self, pairs: Sequence[tuple[Path, str]]) -> list[Path]:
         """`commit` for many files, fsyncing each touched directory once at the end."""
         entries = []
         dirty_dirs: set[Path] = set()
@@ -156,7 +156,7 @@ class Store:
         try:
             sizes = await self._in_threads(lambda pair: _copy_new(*pair), list(zip(paths, temps, strict=True)))
             digests = await hash_files(temps, algo=self.algo, jobs=self.jobs, sizes=sizes)
-            await self._in_threads_batched(self._commit_many, list(zip(temps, digests, strict=True)))
+            await self._in_threads_batched(self.commit_many, list(zip(temps, digests, strict=True)))
         except BaseException:
             await asyncio.to_thread(_unlink_all, temps)
             raise
@@ -182,7 +182,7 @@ class Store:
             try:
                 sizes = [_link_or_copy_new(path, temp) for path, temp in zip(paths, temps, strict=True)]
                 digests = hash_files_here(temps, sizes, self.algo)
-                self._commit_many(list(zip(temps, digests, strict=True)))
+                self.commit_many(list(zip(temps, digests, strict=True)))
             except BaseException:
                 _unlink_all(temps)
                 raise

@@ -22,12 +22,13 @@ from nats.micro.request import Request
 
 from artefacts.hashing import hash_files
 from artefacts.keys import ensure_key
+from artefacts.localtake import VIA_COPY, VIA_LINK, VIA_SFTP
 from artefacts.mapwrites import FLUSH_S, MapWrites
 from artefacts.natsutil import JETSTREAM_READY_S, connect, kv_bucket, kv_keys, when_jetstream_ready
 from artefacts.ownership import FederationMaps
 from artefacts.resolver import store_resolver
 from artefacts.samehost import store_access
-from artefacts.sftp_client import VIA_COPY, VIA_LINK, VIA_SFTP, DigestMismatch, Puller, PullError
+from artefacts.sftp_client import DigestMismatch, Puller, PullError
 from artefacts.sftp_listener import LazyArtefactServer
 from artefacts.store import Store
 from artefacts.toolprobe import ToolProbe
@@ -497,28 +498,61 @@ class Chef:
             if ref.digest not in wanted and not self.store.has(ref.digest):
                 wanted[ref.digest] = ref
         failures: dict[str, str] = {}
+        # Those no other step is pulling already: the same-host ones are taken in one batch first.
+        fresh = [ref for ref in wanted.values() if ref.digest not in self._inflight_pulls]
+        batch = asyncio.ensure_future(self._take_local(fresh, endpoints)) if fresh else None
+        for ref in fresh:
+            task = asyncio.create_task(self._pull_one(ref, endpoints, batch))
+            self._inflight_pulls[ref.digest] = task
+            task.add_done_callback(lambda _t, d=ref.digest: self._inflight_pulls.pop(d, None))
+        mine = {ref.digest for ref in fresh}
+        pulls = {digest: self._inflight_pulls[digest] for digest in wanted}
 
         async def one(ref: InputRef) -> None:
-            task = self._inflight_pulls.get(ref.digest)
-            mine = task is None
-            if task is None:
-                task = asyncio.create_task(self._pull_one(ref, endpoints))
-                self._inflight_pulls[ref.digest] = task
-                task.add_done_callback(lambda _t, d=ref.digest: self._inflight_pulls.pop(d, None))
             try:
-                via = await task
+                via = await asyncio.shield(pulls[ref.digest])  # a step cancelled leaves others' pulls alone
             except PullError as exc:
                 failures[ref.digest] = str(exc)
                 return
-            if mine and tally is not None:
+            if ref.digest in mine and tally is not None:
                 tally.update(_pull_counts(via, ref.size))
 
         await asyncio.gather(*(one(ref) for ref in wanted.values()))
         return failures
 
-    async def _pull_one(self, ref: InputRef, endpoints: dict[str, SftpEndpoint]) -> str:
-        """Try the owners in order (same-host ones first: no network); an owner serving wrong bytes is
-        quarantined for this digest."""
+    async def _take_local(self, refs: list[InputRef], endpoints: dict[str, SftpEndpoint]) -> dict[str, str]:
+        """digest -> how it came, for the refs a same-host owner could give (one thread, one commit:
+        a fresh chef's first compile lacks its source and every header). Never raises: what this
+        did not take, `_pull_one` pulls from each owner in turn."""
+        assert self._puller
+        puller = self._puller
+        wanted = []
+        for ref in refs:
+            local = next((endpoints[o] for o in ref.owners if o in endpoints and o != self.config.id
+                          and puller.is_local(endpoints[o])), None)
+            if local is not None:
+                wanted.append((ref.digest, ref.size, local, ref.path))
+        try:
+            return {digest: got.via for digest, got in (await puller.take_local_many(wanted)).items()}
+        except Exception as exc:  # the disk said no: the owners are asked one by one
+            log.info("chef %s: same-host batch pull failed: %s", self.config.id, exc)
+            return {}
+
+    async def _pull_one(self, ref: InputRef, endpoints: dict[str, SftpEndpoint],
+                        batch: asyncio.Future[dict[str, str]] | None) -> str:
+        """Take `ref` from the same-host batch if it got it, else try the owners in order (same-host
+        ones first: no network); an owner serving wrong bytes is quarantined for this digest."""
+        # shielded: one step cancelled must not cancel the batch other steps' inputs wait for
+        via = (await asyncio.shield(batch)).get(ref.digest) if batch is not None else None
+        if via is None:
+            via = await self._pull_from_owners(ref, endpoints)
+        self.counters.update(_pull_counts(via, ref.size))
+        # We hold it now: other pods may pull it from us. The map is advisory, so the step does not
+        # wait for it: during a NATS failover a KV write can take seconds to time out.
+        self._track("own", self._announce_owned(ref))
+        return via
+
+    async def _pull_from_owners(self, ref: InputRef, endpoints: dict[str, SftpEndpoint]) -> str:
         assert self._puller
         puller = self._puller
         owners = [(o, endpoints[o]) for o in ref.owners if o in endpoints and o != self.config.id]
@@ -526,8 +560,7 @@ class Chef:
         failures: list[tuple[SftpEndpoint, BaseException]] = []
         for pod, endpoint in owners:
             try:
-                via = (await puller.pull_via(ref.digest, ref.size, endpoint, path=ref.path)).via
-                break
+                return (await puller.pull_via(ref.digest, ref.size, endpoint, path=ref.path)).via
             except DigestMismatch as exc:
                 failures.append((endpoint, exc))
                 self._bad_owners.setdefault(ref.digest, set()).add(pod)
@@ -536,13 +569,7 @@ class Chef:
                         await self._maps.remove_owner(ref.digest, pod)
             except Exception as exc:
                 failures.append((endpoint, exc))
-        else:
-            raise PullError(ref.digest, failures)
-        self.counters.update(_pull_counts(via, ref.size))
-        # We hold it now: other pods may pull it from us. The map is advisory, so the step does not
-        # wait for it: during a NATS failover a KV write can take seconds to time out.
-        self._track("own", self._announce_owned(ref))
-        return via
+        raise PullError(ref.digest, failures)
 
     async def _announce_owned(self, ref: InputRef) -> None:
         if self._writes:  # kept and replayed if the cluster cannot take it now (a failover)

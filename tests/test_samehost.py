@@ -179,6 +179,48 @@ async def test_workspace_source_is_copied_verified_never_linked(tmp_path: Path, 
     assert os.listdir(dst.tmp) == []
 
 
+async def test_many_same_host_files_are_taken_in_one_batch(tmp_path: Path, host_key, client_key) -> None:
+    """A fresh chef's first compile lacks its source and every header: they are taken together (store
+    entries linked, workspace files copied, each verified), and only what the batch could not take is
+    left to the per-file pull, which tries SFTP."""
+    src, dst = Store(tmp_path / "owner"), Store(tmp_path / "mine")
+    entries = {put(src, data): len(data) for data in (f"entry {n}\n".encode() * 100 for n in range(5))}
+    workspace = tmp_path / "project"
+    (workspace / "src").mkdir(parents=True)
+    copied: dict[str, tuple[str, int]] = {}
+    for n in range(5):
+        data = f"source {n}\n".encode() * 50
+        (workspace / "src" / f"{n}.c").write_bytes(data)
+        copied[hash_bytes(data)] = (f"src/{n}.c", len(data))
+    edited_data = b"hashed, then edited\n" * 40
+    edited = hash_bytes(edited_data)
+    (workspace / "src" / "edited.c").write_bytes(edited_data.upper())  # same size, other bytes
+    held = put(dst, b"already here\n")
+    store_ep = SftpEndpoint(host="127.0.0.1", port=1, host_key="", local=store_access(src.root, linkable=True))
+    ws_ep = SftpEndpoint(host="127.0.0.1", port=1, host_key="", local=workspace_access(workspace))
+    far_ep = SftpEndpoint(host="127.0.0.1", port=1, host_key="",
+                          local=msgspec.structs.replace(workspace_access(workspace), host="another-host"))
+    wanted = [(d, size, store_ep, "") for d, size in entries.items()]
+    wanted += [(d, size, ws_ep, path) for d, (path, size) in copied.items()]
+    wanted += [(edited, len(edited_data), ws_ep, "src/edited.c"), (held, 13, ws_ep, "nowhere"),
+               (hash_bytes(b"far\n"), 4, far_ep, "src/far.c")]
+    async with Puller(client_key, dst) as puller:
+        got = await puller.take_local_many(wanted)
+        assert {d for d, p in got.items() if p.via == "link"} == set(entries)
+        assert {d for d, p in got.items() if p.via == "copy"} == set(copied)
+        assert got[held].via == "held"
+        assert edited not in got and hash_bytes(b"far\n") not in got  # left to the per-file pull
+        assert (puller.files_linked, puller.files_copied, puller.local_fallbacks) == (5, 5, 1)
+        assert puller.bytes_copied == sum(size for _path, size in copied.values())
+    for digest in entries:
+        assert inode(dst.path_for(digest)) == inode(src.path_for(digest))
+    for digest, (path, _size) in copied.items():
+        entry = dst.path_for(digest)
+        assert hash_bytes(entry.read_bytes()) == digest and inode(entry) != inode(workspace / path)
+        assert stat.S_IMODE(entry.stat().st_mode) == 0o444
+    assert not dst.has(edited) and os.listdir(dst.tmp) == []
+
+
 def test_workspace_hints_stay_inside_the_workspace(tmp_path: Path) -> None:
     workspace = tmp_path / "project"
     (workspace / "src").mkdir(parents=True)
