@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     called_with, argv = argv, sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
+    if called_with is None:  # a command line, not a test calling main() in its own process
+        _stop_on_sigterm()
     if args.command in _HEAVY_COMMANDS:
         return __import__(_HEAVY_COMMANDS[args.command][0], fromlist=["run"]).run(args)
     try:
@@ -186,6 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         print("majordomo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_USAGE
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (`timeout`, `kill`, a service manager) stops us as Ctrl-C does, in order: a build is
+    cancelled and its federation stopped, instead of the process vanishing and leaving its
+    nats-server and chefs running."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: signal.raise_signal(signal.SIGINT))
 
 
 def _parse_vars(items: list[str]) -> dict[str, str]:

@@ -132,7 +132,8 @@ class Federation:
                 await asyncio.to_thread(stop_resident, self.state_dir)
                 run_dir = self.state_dir / "run"
                 shutil.rmtree(run_dir, ignore_errors=True)  # a killed run's server state is not reused
-                self.embedded = EmbeddedNats(run_dir / "nats")
+                # Tied to this process: a SIGKILLed build or watch leaves no server behind.
+                self.embedded = EmbeddedNats(run_dir / "nats", tied_to_parent=True)
                 url = await self.embedded.start()
             self.nc = await connect(url, f"majordomo:{self.pod_id}", on_reconnect=self._on_reconnect)
         try:
@@ -143,7 +144,7 @@ class Federation:
             raise FederationError(f"JetStream at {where} did not answer ({type(exc).__name__}): the federation's "
                                   "registry needs a NATS server with JetStream enabled") from None
         if self.embedded:
-            self.local_chefs = LocalChefs(self.state_dir, url, key_path, authorized)
+            self.local_chefs = LocalChefs(self.state_dir, url, key_path, authorized, tied_to_parent=True)
             await self.local_chefs.start(EMBEDDED_CHEFS)
         if self._chefs_ready is not None:
             await asyncio.shield(self._chefs_ready)  # shared by every build that waits for it

@@ -10,7 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import REPO, UPPER_JOIN, write_project
+import pytest
+from conftest import REPO, UPPER_JOIN, children_of, wait_gone, write_project
 
 from majordomo import watch as watch_mod
 
@@ -96,6 +97,26 @@ def test_watch_rebuilds_on_change_and_stops_cleanly(tmp_path: Path) -> None:
     assert code == 0
     assert _chef_processes(project) == []
     assert not any("Traceback" in ln for ln in list(w.lines.queue))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_watch_ended_by_a_signal_leaves_no_server_and_no_chef(tmp_path: Path, sig: signal.Signals) -> None:
+    """`timeout`, `kill` or a service manager end a watch with SIGTERM (stopped as Ctrl-C stops it),
+    or SIGKILL (its nats-server and chefs die with it): neither leaves its private federation running."""
+    project = write_project(tmp_path / "p", RECIPE, {"src/a.txt": "alpha\n"})
+    w = Watcher(project)
+    try:
+        w.until(lambda ln: ln.startswith("watching for changes"))
+        federation = children_of(w.proc.pid)  # its nats-server and its chefs' fleet
+        names = sorted(Path(f"/proc/{pid}/comm").read_text().strip() for pid in federation)
+        assert len(names) == 2 and "nats-server" in names, names
+        everything = federation + _chef_processes(project)
+        assert len(everything) == 4, everything
+    finally:
+        w.proc.send_signal(sig)
+        code = w.proc.wait(30)
+    assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+    assert wait_gone(everything) == []
 
 
 def _built(w: Watcher) -> list[str]:
