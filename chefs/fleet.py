@@ -7,7 +7,11 @@ one process per chef, which then runs exactly as `chef` does (`chefs.cli.main`):
 loop, NATS connection, SFTP server, store and jails. Nothing runs in the fleet process after the
 forks but a wait for its chefs.
 
-    python -m chefs.fleet --homes DIR --ids ID[,ID...] -- CHEF-ARGUMENTS...
+    python -m chefs.fleet --homes DIR --ids ID[,ID...] [--nats-from-stdin] -- CHEF-ARGUMENTS...
+
+With `--nats-from-stdin` the fleet reads the NATS URL as one line on stdin once it has imported the
+chef code: the embedded federation starts the fleet first and its nats-server meanwhile, so the
+fleet's imports do not wait for the server's port.
 
 Each chef gets `--id ID --home DIR/ID`, writes its log to DIR/ID/chef.log, and says `chef ID ready`
 on the shared stdout. The fleet ends when its chefs have: when one of them ends, it stops the
@@ -34,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m chefs.fleet", description="Run several chefs from one interpreter.")
     p.add_argument("--homes", type=Path, required=True, help="directory of the chefs' homes (one per id)")
     p.add_argument("--ids", required=True, help="comma-separated chef ids")
+    p.add_argument("--nats-from-stdin", action="store_true",
+                   help="read the NATS URL every chef gets (--nats) as one line on stdin")
     p.add_argument("chef_args", nargs=argparse.REMAINDER, help="-- then the arguments every chef gets")
     args = p.parse_args(argv)
     args.ids = [i for i in args.ids.split(",") if i]
@@ -50,6 +56,19 @@ def chef_argv(args: argparse.Namespace, chef_id: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.nats_from_stdin:
+        url = sys.stdin.readline().strip()
+        if not url:
+            print("chefs.fleet: no NATS URL on stdin (--nats-from-stdin)", file=sys.stderr, flush=True)
+            return 2
+        args.chef_args += ["--nats", url]
+        null = os.open(os.devnull, os.O_RDONLY)  # the chefs do not keep the pipe open
+        os.dup2(null, 0)
+        os.close(null)
+    if any(not (args.homes / chef_id / "host_key").exists() for chef_id in args.ids):
+        # Each new chef makes its host key with cryptography (~8 ms to import): once, before the forks.
+        import cryptography.hazmat.primitives.asymmetric.ed25519
+        import cryptography.hazmat.primitives.serialization  # noqa: F401
     for chef_id in args.ids:
         chefs.cli.parse_args(chef_argv(args, chef_id))  # a usage error stops the fleet here, once
     fleet = os.getpid()

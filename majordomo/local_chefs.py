@@ -29,11 +29,11 @@ class LocalChefs:
     """The chefs the embedded federation starts on this machine, and stops afterwards: one
     `python -m chefs.fleet` process, which imports the chef code once and forks the chefs."""
 
-    def __init__(self, state_dir: Path, nats_url: str, key: Path, authorized: Path, *,
+    def __init__(self, state_dir: Path, nats_url: str | None, key: Path, authorized: Path, *,
                  tied_to_parent: bool = False) -> None:
         self.tied_to_parent = tied_to_parent  # the chefs die with us, even if we are SIGKILLed
         self.state_dir = state_dir
-        self.nats_url = nats_url
+        self.nats_url = nats_url  # None: given later, by `connect`
         self.key = key
         self.authorized = authorized
         self.fleet: asyncio.subprocess.Process | None = None
@@ -46,13 +46,16 @@ class LocalChefs:
 
     async def spawn(self, count: int) -> list[str]:
         """Start `count` chefs without waiting for them: a supervisor imports its build server
-        meanwhile. `ready` waits for them."""
+        meanwhile. `ready` waits for them. Without a NATS URL yet, the fleet imports the chef code
+        while it waits for `connect` to give it one (the key files must exist by then)."""
         slots = max(1, os.cpu_count() or 1)
         self.ids = [f"local-{n}" for n in range(1, count + 1)]
         homes = self.state_dir / "chefs"
         homes.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "chefs.fleet", "--homes", str(homes), "--ids", ",".join(self.ids), "--",
-                "--nats", self.nats_url, "--key", str(self.key), "--authorized-keys", str(self.authorized),
+        url_later = ["--nats-from-stdin"] if self.nats_url is None else []
+        argv = [sys.executable, "-m", "chefs.fleet", "--homes", str(homes), "--ids", ",".join(self.ids), *url_later,
+                "--", *(["--nats", self.nats_url] if self.nats_url else []),
+                "--key", str(self.key), "--authorized-keys", str(self.authorized),
                 "--slots", str(slots),
                 "--no-hand-over"]  # the local chefs stop together: nobody to hand over to
         for kind in KNOWN_KINDS:
@@ -60,13 +63,23 @@ class LocalChefs:
         log = open(homes / "fleet.log", "ab")  # noqa: ASYNC230 - only handed to the child
         try:
             self.fleet = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
+                *argv, stdin=asyncio.subprocess.PIPE if url_later else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=log,
                 start_new_session=True,  # Ctrl-C reaches only us; we stop the chefs in order
                 preexec_fn=die_with_parent() if self.tied_to_parent else None,
             )
         finally:
             log.close()
         return self.ids
+
+    async def connect(self, nats_url: str) -> None:
+        """Give chefs spawned without a URL their NATS server's."""
+        assert self.fleet and self.fleet.stdin and self.nats_url is None
+        self.nats_url = nats_url
+        self.fleet.stdin.write(f"{nats_url}\n".encode())
+        with contextlib.suppress(ConnectionError):  # the fleet died already: `ready` says why
+            await self.fleet.stdin.drain()
+        self.fleet.stdin.close()
 
     async def ready(self) -> None:
         """Wait until every spawned chef says it is ready (registered in the federation)."""

@@ -287,10 +287,15 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
         # only once SFTP is used) while the chefs start. The build server takes requests before
         # the chefs are ready: a first build reads its recipes meanwhile, and waits for them only
         # to join the federation (majordomo/federation.py, `chefs_ready`).
-        url = await server.start()
-        key_path, authorized = await embedded_keys(state_dir)
-        chefs = LocalChefs(state_dir, url, key_path, authorized, tied_to_parent=True)
+        # The chefs' fleet first: it imports the chef code while nats-server starts and the keys
+        # are made, then gets the server's URL.
+        key_path = Path(embedded_key(state_dir))
+        chefs = LocalChefs(state_dir, None, key_path, key_path.with_name(key_path.name + ".pub"),
+                           tied_to_parent=True)
         await chefs.spawn(EMBEDDED_CHEFS)
+        url = await server.start()
+        await embedded_keys(state_dir)
+        await chefs.connect(url)
         from majordomo.build_server import BuildServer
 
         chefs_ready = asyncio.ensure_future(chefs.ready())

@@ -70,3 +70,31 @@ def test_a_bad_chef_argument_stops_the_fleet_before_any_chef_starts(tmp_path: Pa
                          capture_output=True, text=True, cwd=REPO, timeout=BOUND_S)
     assert run.returncode == 2 and "no-such-kind" in run.stderr, run.stderr
     assert not (tmp_path / "one").exists()
+
+
+def test_a_fleet_started_before_its_server_takes_the_url_on_stdin(nats_url: str, tmp_path: Path) -> None:
+    """The embedded federation starts the fleet first (its imports overlap nats-server's start) and
+    gives it the URL once the server listens; a fleet that gets none forks no chef."""
+    homes = tmp_path / "chefs"
+    argv = [sys.executable, "-m", "chefs.fleet", "--homes", str(homes), "--ids", "one,two", "--nats-from-stdin",
+            "--", "--kind", "shell", "--no-hand-over"]
+    fleet = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=open(tmp_path / "fleet.log", "wb"), text=True, cwd=REPO, start_new_session=True)
+    try:
+        assert fleet.stdin and fleet.stdout
+        fleet.stdin.write(f"{nats_url}\n")
+        fleet.stdin.close()
+        lines = sorted(fleet.stdout.readline() for _ in range(2))
+        assert lines == ["chef one ready\n", "chef two ready\n"], (lines, (tmp_path / "fleet.log").read_text())
+        chefs = _chefs_of(fleet.pid)
+        for pid in chefs.values():  # the URL's pipe is not kept open by the chefs
+            assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
+        fleet.send_signal(signal.SIGTERM)
+        assert fleet.wait(BOUND_S) == 0
+        assert wait_gone(list(chefs.values())) == []
+    finally:
+        if fleet.poll() is None:
+            os.killpg(fleet.pid, signal.SIGKILL)
+
+    none = subprocess.run(argv, input="", capture_output=True, text=True, cwd=REPO, timeout=BOUND_S)
+    assert none.returncode == 2 and "no NATS URL on stdin" in none.stderr, none.stderr
