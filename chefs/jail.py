@@ -31,14 +31,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from chefs.jail_init import HEADER
-from chefs.sandbox import jail_argv
+from chefs.sandbox import JAIL_INIT, jail_argv
 from chefs.taskdir import remove_tree
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 20.0
 FAILURES_TO_GIVE_UP = 3  # jails that fail to start in a row before a chef stops trying
-_INIT_SOURCE = Path(__file__).with_name("jail_init.py")
+_INIT_PROGRAM = Path(__file__).with_name("jail_init.py")  # bound read-only at JAIL_INIT
 
 
 class JailError(Exception):
@@ -56,10 +56,12 @@ class Jail:
     @classmethod
     async def start(cls, bwrap: str, work_dir: Path) -> Jail:
         """Start a jail whose /work is `work_dir` (made here, empty)."""
-        source = await asyncio.to_thread(_prepare, work_dir)
+        await asyncio.to_thread(work_dir.mkdir, parents=True)
         ours, theirs = socket.socketpair()
         try:
-            argv = jail_argv(bwrap, work_dir, [sys.executable, "-I", "-S", "-c", source, str(theirs.fileno())])
+            # Run by path, not `-c <its text>`: `ps` shows a short command line for each jail.
+            init = [sys.executable, "-I", "-S", JAIL_INIT, str(theirs.fileno())]
+            argv = jail_argv(bwrap, work_dir, _INIT_PROGRAM, init)
             proc = await asyncio.create_subprocess_exec(
                 *argv, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
@@ -237,10 +239,3 @@ class JailPool:
             self._all.discard(jail)
             await jail.close()
             await asyncio.to_thread(remove_tree, jail.work_dir)
-
-
-def _prepare(work_dir: Path) -> str:
-    """Make the work dir; return pid 1's program text."""
-    work_dir.mkdir(parents=True)
-    return _INIT_SOURCE.read_text()
-

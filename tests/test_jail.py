@@ -16,7 +16,7 @@ from conftest import require
 
 from artefacts.store import Store
 from chefs.cooking import Cook, Outcome
-from chefs.sandbox import can_protect_by_owner
+from chefs.sandbox import JAIL_INIT, can_protect_by_owner
 from protocol.errors import ErrorCode
 from protocol.messages import InputRef, StepRequest
 
@@ -195,6 +195,23 @@ def test_a_jail_whose_pid_1_dies_with_the_request_unread_fails_that_step_only(co
     assert not reused
     assert after.code == ErrorCode.OK, after.log
     assert _jails_started(cook) == 2
+
+
+def test_a_jails_pid_1_runs_its_program_by_path(cook: Cook) -> None:
+    """An operator's `ps` shows each jail's pid 1 as a short command naming its program, not the
+    program's whole text."""
+    async def run() -> bytes:
+        jail = await cook.jails.acquire()  # type: ignore[union-attr]
+        assert jail is not None
+        try:
+            return Path(f"/proc/{_pid_1_of(jail._proc.pid)}/cmdline").read_bytes()
+        finally:
+            await cook.jails.discard(jail)  # type: ignore[union-attr]
+
+    argv = asyncio.run(run()).split(b"\0")[:-1]
+    assert len(b" ".join(argv)) < 300, argv
+    assert argv[1:-1] == [b"-I", b"-S", JAIL_INIT.encode()] and argv[-1].isdigit(), argv  # and FD
+    assert b"def _end_leftovers" not in b" ".join(argv)  # none of chefs/jail_init.py's text
 
 
 def _pid_1_of(bwrap: int) -> int:
