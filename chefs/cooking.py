@@ -70,6 +70,12 @@ class Cook:
         same-host stores share inodes)."""
         return frozenset(self._in_use)
 
+    def prestart_jails(self, n: int) -> None:
+        """Start up to `n` jails in the background, so that the first steps need not each wait for
+        one (chefs/jail.py); nothing where steps get a bwrap each."""
+        if self.jails is not None:
+            self.jails.prestart(n)
+
     @property
     def sandboxed(self) -> bool:
         return self.bwrap is not None

@@ -1,12 +1,12 @@
 """The program a jail runs as its pid 1: it starts each step's command in the jail, one at a time.
 
-Runs inside bwrap as `python -I -S -c <this file's text> FD`, so it imports nothing but the
-standard library and reads no site configuration (~12 ms to start, once per jail). FD is its end
-of a unix socket to the chef (chefs/jail.py). Per step the chef sends one request: an 8-byte
-length (with the step's output fd attached, SCM_RIGHTS), then that many bytes, `argc\\0argv...\\0
-NAME=value...` NUL-separated. This program answers one line: the exit status (128 + N for a
-command killed by signal N, as bwrap and the shell say) and 1 (0 when the jail could not be made
-as it was before the step: the chef then retires it), after
+Runs inside bwrap as `python -I -S /.jail-init.py FD` (this file, bound read-only there by
+chefs/sandbox.py), so it imports nothing but the standard library and reads no site configuration
+(~12 ms to start, once per jail). FD is its end of a unix socket to the chef (chefs/jail.py). Per
+step the chef sends one request: an 8-byte length (with the step's output fd attached, SCM_RIGHTS),
+then that many bytes, `argc\\0argv...\\0NAME=value...` NUL-separated. This program answers one line:
+the exit status (128 + N for a command killed by signal N, as bwrap and the shell say) and 1 (0 when
+the jail could not be made as it was before the step: the chef then retires it), after
 
 - killing every other process left in the jail (a step's background jobs must not outlive it,
   nor see the next step), and reaping them (orphans are re-parented to it, pid 1);

@@ -63,6 +63,7 @@ SERVICE_STOP_S = 2.0  # unsubscribing from a live server takes milliseconds
 HEARTBEAT_S = 2.0
 SERVICE_VERSION = "0.1.0"
 RECOUNT_BEATS = 150  # heartbeats between walks of the store to recount its bytes
+PRESTART_JAILS = 4  # at most: each idle jail holds ~5 MB, and a big pod has dozens of slots
 
 
 @dataclass
@@ -185,6 +186,7 @@ class Chef:
         self._cancels = await self._nc.subscribe(subjects.build_cancelled(cfg.federation), cb=self._on_cancelled)
         await when_jetstream_ready(cfg.nats_url, self._join_jetstream, for_s=cfg.jetstream_wait_s)
         self._heartbeat = asyncio.create_task(self._beat())
+        self.cook.prestart_jails(min(cfg.slots, PRESTART_JAILS))
         await self._publish("chef.joined", detail={"kinds": cfg.kinds, "sftp": f"{endpoint.host}:{endpoint.port}"})
         log.info("chef %s ready: kinds=%s sftp=%s:%s", cfg.id, cfg.kinds, endpoint.host, endpoint.port)
 

@@ -30,6 +30,7 @@ from chefs.command import command_argv
 
 SANDBOX_ROOT = "/work"
 _SYSTEM_DIRS = ("/usr", "/etc", "/opt", "/var/lib/texmf", "/var/cache/fontconfig")
+JAIL_INIT = "/.jail-init.py"  # where a jail's pid 1 program is bound (chefs/jail.py runs it)
 NOBODY = 65534  # the kernel's overflow id: what an unmapped owner looks like inside a user namespace
 
 
@@ -120,13 +121,14 @@ def sandbox_argv(bwrap: str, task_dir: Path, read_only_binds: Iterable[str], com
     return argv
 
 
-def jail_argv(bwrap: str, work_dir: Path, init: list[str]) -> list[str]:
+def jail_argv(bwrap: str, work_dir: Path, program: Path, init: list[str]) -> list[str]:
     """bwrap's argv for a jail (chefs/jail.py): a step's sandbox around `work_dir`, with `init` as
-    its pid 1. /, /dev and /proc (its namespaces' sysctls) are read-only, so that steps leave
-    nothing but what pid 1 empties (/tmp, /dev/shm, /dev/mqueue) and the work dir the chef empties."""
+    its pid 1 and `program` read-only at JAIL_INIT for it to run. /, /dev and /proc (its
+    namespaces' sysctls) are read-only, so that steps leave nothing but what pid 1 empties (/tmp,
+    /dev/shm, /dev/mqueue) and the work dir the chef empties."""
     return [bwrap, "--as-pid-1", *_isolation(), "--bind", str(work_dir), SANDBOX_ROOT,
             "--mqueue", "/dev/mqueue", "--remount-ro", "/dev", "--tmpfs", "/dev/shm", "--remount-ro", "/proc",
-            "--remount-ro", "/", "--chdir", SANDBOX_ROOT, *init]
+            "--ro-bind", str(program), JAIL_INIT, "--remount-ro", "/", "--chdir", SANDBOX_ROOT, *init]
 
 
 def _isolation() -> list[str]:

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import alive, children_of, require, wait_gone
 
 from artefacts.store import Store
 from chefs.cooking import Cook, Outcome
-from chefs.sandbox import can_protect_by_owner
+from chefs.jail import FAILURES_TO_GIVE_UP, Jail, JailPool
+from chefs.sandbox import JAIL_INIT, can_protect_by_owner
 from protocol.errors import ErrorCode
 from protocol.messages import InputRef, StepRequest
 
@@ -197,6 +198,23 @@ def test_a_jail_whose_pid_1_dies_with_the_request_unread_fails_that_step_only(co
     assert _jails_started(cook) == 2
 
 
+def test_a_jails_pid_1_runs_its_program_by_path(cook: Cook) -> None:
+    """An operator's `ps` shows each jail's pid 1 as a short command naming its program, not the
+    program's whole text."""
+    async def run() -> bytes:
+        jail = await cook.jails.acquire()  # type: ignore[union-attr]
+        assert jail is not None
+        try:
+            return Path(f"/proc/{_pid_1_of(jail._proc.pid)}/cmdline").read_bytes()
+        finally:
+            await cook.jails.discard(jail)  # type: ignore[union-attr]
+
+    argv = asyncio.run(run()).split(b"\0")[:-1]
+    assert len(b" ".join(argv)) < 300, argv
+    assert argv[1:-1] == [b"-I", b"-S", JAIL_INIT.encode()] and argv[-1].isdigit(), argv  # and FD
+    assert b"def _end_leftovers" not in b" ".join(argv)  # none of chefs/jail_init.py's text
+
+
 def _pid_1_of(bwrap: int) -> int:
     """A jail's pid 1 (python), found among its bwrap's descendants."""
     todo = [bwrap]
@@ -277,6 +295,131 @@ def test_a_chef_stopping_ends_its_idle_jails_and_lets_a_running_step_finish(cook
 
     asyncio.run(run())
     assert list(cook.tasks_dir.iterdir()) == []
+
+
+def test_jails_started_beforehand_serve_the_first_steps(cook: Cook) -> None:
+    async def run() -> tuple[tuple[int, int], list[Jail | None], int]:
+        pool = _pool(cook)
+        cook.prestart_jails(2)
+        await asyncio.wait_for(pool.prestarted(), WAIT_S)
+        ready = (pool.started, len(pool._free))
+        jails = [await pool.acquire(), await pool.acquire()]
+        for jail in jails:
+            await pool.discard(jail)  # type: ignore[arg-type]
+        await cook.drain()
+        return ready, jails, pool.started
+
+    ready, jails, started = asyncio.run(run())
+    assert ready == (2, 2)  # both idle, before any step asked
+    assert None not in jails and started == 2  # the steps started none of their own
+    assert list(cook.tasks_dir.iterdir()) == []
+
+
+def test_a_step_asking_while_jails_start_beforehand_waits_for_one(cook: Cook) -> None:
+    async def run() -> tuple[list[Jail | None], int, int]:
+        pool = _pool(cook)
+        pool.prestart(2)
+        assert len(pool._prestarts) == 2  # and nothing has run yet: both are still starting when the steps ask
+        jails = await asyncio.wait_for(asyncio.gather(pool.acquire(), pool.acquire()), WAIT_S)
+        await asyncio.wait_for(pool.prestarted(), WAIT_S)  # a start the steps did not wait for ends too
+        started, idle = pool.started, len(pool._free)
+        for jail in jails:
+            await pool.discard(jail)  # type: ignore[arg-type]
+        await cook.drain()
+        return jails, started, idle
+
+    jails, started, idle = asyncio.run(run())
+    assert None not in jails and len(set(jails)) == 2
+    assert (started, idle) == (2, 0)  # the steps got the two started beforehand, and started no third
+    assert list(cook.tasks_dir.iterdir()) == []
+
+
+def test_a_step_beyond_the_jails_starting_beforehand_gets_its_own(cook: Cook, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two jails start beforehand and three steps ask: the third is no one's to wait for."""
+    held, go = _hold_starts(monkeypatch, 2)
+
+    async def run() -> tuple[bool, list[Jail | None], int]:
+        pool = _pool(cook)
+        pool.prestart(2)
+        first_two = asyncio.gather(pool.acquire(), pool.acquire())
+        await asyncio.wait_for(held.wait(), WAIT_S)
+        third = asyncio.ensure_future(pool.acquire())
+        await asyncio.wait([third], timeout=WAIT_S)
+        at_once = third.done()  # while those two were still held starting
+        go.set()
+        jails = await asyncio.wait_for(asyncio.gather(first_two, third), WAIT_S)
+        jails = [*jails[0], jails[1]]
+        for jail in jails:
+            await pool.discard(jail)  # type: ignore[arg-type]
+        await cook.drain()
+        return at_once, jails, pool.started
+
+    at_once, jails, started = asyncio.run(run())
+    assert at_once, "the third step waited for a jail another step was waiting for"
+    assert None not in jails and started == 3
+    assert list(cook.tasks_dir.iterdir()) == []
+
+
+def test_a_chef_stopping_while_jails_start_beforehand_leaves_none(cook: Cook, monkeypatch: pytest.MonkeyPatch) -> None:
+    held, _go = _hold_starts(monkeypatch, 2)  # never set: both are still starting when the pool closes
+
+    async def run() -> list[int]:
+        pool = _pool(cook)
+        pool.prestart(2)
+        await asyncio.wait_for(held.wait(), WAIT_S)
+        bwraps = [pid for pid in children_of(os.getpid())
+                  if str(cook.tasks_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(bwraps) == 2, bwraps
+        processes = bwraps + [child for pid in bwraps for child in children_of(pid)]  # and their pid 1s
+        await asyncio.wait_for(cook.drain(), WAIT_S)
+        assert pool._prestarts == set() and pool._free == [] and pool.started == 0
+        assert not [pid for pid in bwraps if alive(pid)]  # killed, not left to end
+        return processes
+
+    processes = asyncio.run(run())
+    assert wait_gone(processes) == []  # pid 1 ends with its bwrap (--die-with-parent)
+    assert list(cook.tasks_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("bwrap", ["/bin/false", "/no/such/bwrap"])  # pid 1 gone at once; no bwrap to run
+def test_jails_that_fail_to_start_beforehand_count_as_failed_starts(tmp_path: Path, bwrap: str) -> None:
+    async def run() -> tuple[list[BaseException | None], str | None, Jail | None]:
+        pool = JailPool(bwrap, tmp_path / "tasks")
+        pool.prestart(FAILURES_TO_GIVE_UP)
+        tasks = set(pool._prestarts)
+        await asyncio.wait_for(pool.prestarted(), WAIT_S)
+        return [t.exception() for t in tasks], pool.broken, await pool.acquire()
+
+    errors, broken, jail = asyncio.run(run())
+    assert errors == [None] * FAILURES_TO_GIVE_UP  # none raised out of its task
+    assert broken is not None  # so the pool gave up, as after failed acquires
+    assert jail is None
+    assert list((tmp_path / "tasks").iterdir()) == []  # no work dir left
+
+
+def _pool(cook: Cook) -> JailPool:
+    assert cook.jails is not None
+    return cook.jails
+
+
+def _hold_starts(monkeypatch: pytest.MonkeyPatch, n: int) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the next `n` jail starts at their wait for pid 1's "ready" (their bwrap runs) until
+    `go` is set; `held` is set once all `n` are held. Later starts go through."""
+    real_line = Jail._line
+    held, go = asyncio.Event(), asyncio.Event()
+    holding = 0
+
+    async def line(jail: Jail) -> bytes:
+        nonlocal holding
+        if holding < n:
+            holding += 1
+            if holding == n:
+                held.set()
+            await go.wait()
+        return await real_line(jail)
+
+    monkeypatch.setattr(Jail, "_line", line)
+    return held, go
 
 
 async def _settled(cook: Cook) -> None:
