@@ -29,3 +29,16 @@ def use_pidfd_child_watcher() -> bool:
             asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
             return True
     return False
+
+
+def signal_child(proc: asyncio.subprocess.Process, sig: int) -> None:
+    """Send `sig` to an asyncio child that the event loop has not reaped yet.
+
+    Not `Process.kill()` / `send_signal()`: they call `Popen.poll()` first, which reaps a child
+    that has just exited on its own before the loop's child watcher does; the watcher then never
+    reports it, and `await proc.wait()` hangs for ever (CPython gh-87744, gh-119710; a jail whose
+    pid 1 exited as its socket closed hung a chef's stop so). While `returncode` is None nobody has
+    reaped the pid, so it cannot have been reused: a zombie takes the signal harmlessly."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)

@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 
+from artefacts.childwatch import signal_child
 from artefacts.lifeline import die_with_parent
 
 
@@ -99,11 +101,11 @@ class EmbeddedNats:
         if proc is None:
             return
         if proc.returncode is None:
-            proc.terminate()
+            signal_child(proc, signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), 5)
             except TimeoutError:
-                proc.kill()
+                signal_child(proc, signal.SIGKILL)
                 await proc.wait()
         if self._log_task:
             with contextlib.suppress(Exception):

@@ -27,6 +27,7 @@ import hashlib
 import math
 import os
 import re
+import signal
 import stat
 import sys
 from collections import deque
@@ -37,6 +38,7 @@ from typing import Protocol
 
 import blake3
 
+from artefacts.childwatch import signal_child
 from protocol.digests import ALGORITHMS, DEFAULT_ALGORITHM
 
 BACKENDS_DEFAULT = os.environ.get("CP_HASH_BACKEND", "sha256sum")
@@ -340,7 +342,7 @@ async def _hash_with_sha256sum(paths: Sequence[Path], indices: Sequence[int], op
         out, err = await process.communicate()
     except BaseException:
         if process.returncode is None:
-            process.kill()
+            signal_child(process, signal.SIGKILL)
             await process.wait()
         raise
     hexes, failed = _parse_sha256sum(out, operands)

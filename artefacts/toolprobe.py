@@ -18,7 +18,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
+
+from artefacts.childwatch import signal_child
 
 # How to ask each tool for its identity; the default is `--version`. cc-like tools add the target
 # triple, since the same version number can build for different machines.
@@ -138,7 +141,7 @@ async def _probe(tool: str, path: str, stat_key: str) -> str:
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), 10)
         except TimeoutError:
-            proc.kill()
+            signal_child(proc, signal.SIGKILL)
             await proc.wait()
             continue
         line = next((ln.strip() for ln in out.decode(errors="replace").splitlines() if ln.strip()), "")

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -57,16 +58,28 @@ class Jail:
 
     @classmethod
     async def start(cls, bwrap: str, work_dir: Path) -> Jail:
-        """Start a jail whose /work is `work_dir` (made here, empty)."""
+        """Start a jail whose /work is `work_dir` (made here, empty).
+
+        Cancelled, it still lets bwrap finish setting up and then ends the jail as an idle one is
+        ended (its socket closed): bwrap killed while it sets up leaves its child blocked for ever
+        on an eventfd its parent was to write, holding our stderr pipe, so that even `wait` hung."""
         await _to_thread_to_the_end(work_dir.mkdir, parents=True)
         ours, theirs = socket.socketpair()
+        cancelled = False
         try:
             # Run by path, not `-c <its text>`: `ps` shows a short command line for each jail.
             init = [sys.executable, "-I", "-S", JAIL_INIT, str(theirs.fileno())]
             argv = jail_argv(bwrap, work_dir, _INIT_PROGRAM, init)
-            proc = await asyncio.create_subprocess_exec(
+            spawning = asyncio.ensure_future(asyncio.create_subprocess_exec(
                 *argv, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                process_group=0))  # `kill` reaches bwrap's child too until it makes its own session
+            try:
+                proc = await asyncio.shield(spawning)  # not asyncio's cancel path, which kills it
+            except asyncio.CancelledError:
+                await asyncio.wait([spawning])
+                proc = spawning.result()
+                cancelled = True
         except BaseException:
             ours.close()
             raise
@@ -74,14 +87,17 @@ class Jail:
             theirs.close()
         ours.setblocking(False)
         jail = cls(work_dir, proc, ours)
+        if cancelled:
+            await asyncio.shield(jail.close())
+            raise asyncio.CancelledError
         try:
             ready = await asyncio.wait_for(jail._line(), START_TIMEOUT_S)
         except (JailError, TimeoutError) as exc:
             why = await jail._stderr_tail()
-            await jail.kill()
+            await jail.kill()  # its whole process group: bwrap's child too, if it is stuck in set-up
             raise JailError(f"the jail did not start ({exc or 'timed out'}): {why}") from None
-        except BaseException:  # cancelled while it started
-            await asyncio.shield(jail.kill())
+        except BaseException:  # cancelled while it started: ended as an idle jail is, not killed
+            await asyncio.shield(jail.close())
             raise
         if ready != b"ready":
             await jail.kill()
@@ -123,8 +139,9 @@ class Jail:
         and every process of its pid namespace with that."""
         self.healthy = False
         self._sock.close()
-        with contextlib.suppress(ProcessLookupError):
-            self._proc.kill()
+        if self._proc.returncode is None:  # not reaped: its pid, and so its group, are still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
         await self._proc.wait()
 
     async def close(self) -> None:

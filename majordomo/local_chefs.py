@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from artefacts.childwatch import signal_child
 from artefacts.lifeline import die_with_parent
 from protocol.kinds import KNOWN_KINDS
 
@@ -117,9 +118,7 @@ class LocalChefs:
         fleet, self.fleet = self.fleet, None
         if fleet is None:
             return
-        if fleet.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                fleet.send_signal(signal.SIGTERM)  # passed on to each chef
+        signal_child(fleet, signal.SIGTERM)  # passed on to each chef
         try:
             await asyncio.wait_for(fleet.wait(), 10)
         except TimeoutError:

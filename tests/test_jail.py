@@ -436,3 +436,37 @@ async def _wait_for_file(cook: Cook, name: str) -> Path:
                 return work_dir / name
         await asyncio.sleep(0.01)
     raise AssertionError(f"no step made {name} in {WAIT_S}s: {os.listdir(cook.tasks_dir)}")
+
+
+def _processes_naming(marker: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_jail_cancelled_at_any_moment_of_its_start_leaves_no_process(tmp_path: Path) -> None:
+    """bwrap killed while it sets its sandbox up leaves its child blocked for ever (on an eventfd
+    its parent was to write), holding the chef's stderr pipe, so the chef's wait for it hung and a
+    chef stopping while its jails started never ended. The cancel points sweep bwrap's set-up."""
+    bwrap = shutil.which("bwrap")
+    require(bwrap is not None, "bwrap is not installed")
+    assert bwrap
+
+    async def run() -> None:
+        for n in range(60):
+            start = asyncio.ensure_future(Jail.start(bwrap, tmp_path / f"jail-{n}"))
+            await asyncio.sleep(n * 0.0003)  # not a wait for anything: where in the start the cancel lands
+            start.cancel()
+            try:
+                jail = await asyncio.wait_for(start, 30)
+            except asyncio.CancelledError:
+                continue
+            await jail.close()  # it was ready before the cancel landed
+
+    asyncio.run(run())
+    assert wait_gone(_processes_naming(str(tmp_path))) == []
