@@ -57,8 +57,10 @@ class Cook:
         if protect_by_owner is None:
             protect_by_owner = self.bwrap is not None and can_protect_by_owner(store.tmp)
         self.protect_by_owner = protect_by_owner and self.bwrap is not None
-        # Steps run in reused sandboxes where inputs need no mount per step (chefs/jail.py).
-        self.jails = JailPool(self.bwrap, tasks_dir) if jails and self.bwrap and self.protect_by_owner else None
+        # Steps run in reused sandboxes (chefs/jail.py), whose pid 1 binds the inputs read-only
+        # per step where they cannot be given to `nobody`.
+        self.jails = JailPool(self.bwrap, tasks_dir, protect_by_mount=not self.protect_by_owner) \
+            if jails and self.bwrap else None
         self._input_owner = input_owner()
         self.on_output = on_output  # a running step's output as it comes
         self._in_use: Counter[str] = Counter()  # digests linked into running steps' task dirs
@@ -189,7 +191,7 @@ class Cook:
                **BASE_ENV, **step.env}
         if jail is not None:
             try:
-                return await self._execute_in_jail(step, jail, env)
+                return await self._execute_in_jail(step, jail, env, binds)
             except _JailUnusable as exc:  # nothing ran: a bwrap of its own, around the same task dir
                 log.warning("step %s: %s; running it in a sandbox of its own", step.step_id, exc)
         argv = sandbox_argv(self.bwrap, cwd, binds, step.command) if self.bwrap else plain_argv(step.command)
@@ -221,7 +223,8 @@ class Cook:
             raise
         return proc.returncode if proc.returncode is not None else -1, output.text(), timed_out
 
-    async def _execute_in_jail(self, step: StepRequest, jail: Jail, env: dict[str, str]) -> tuple[int, str, bool]:
+    async def _execute_in_jail(self, step: StepRequest, jail: Jail, env: dict[str, str],
+                               binds: list[str]) -> tuple[int, str, bool]:
         """Run the command in a jail: its output through a pipe made here, its status from the
         jail's pid 1. A timeout or a cancel kills the jail and all that runs in it."""
         loop = asyncio.get_running_loop()
@@ -235,7 +238,7 @@ class Cook:
             raise
         try:
             try:
-                await jail.send(command_argv(step.command), env, write_end)
+                await jail.send(command_argv(step.command), env, write_end, binds)
             except JailError as exc:
                 await jail.kill()
                 raise _JailUnusable(str(exc)) from None

@@ -11,8 +11,9 @@ and the chef empties the work dir before making the next step's task dir in it; 
 are read-only. So a step sees what it saw in its own bwrap: its task dir at /work and the tools,
 nothing of the step before.
 
-Only chefs that protect inputs by owner use jails (chefs/sandbox.py): protection by mount needs a
-bind per input per step, which only a new bwrap can make.
+A chef that protects inputs by owner (root) needs nothing per step; one that protects them by mount
+starts jails whose pid 1 binds each step's inputs read-only and runs the command in a user
+namespace of its own, without the capability that made the binds (chefs/jail_init.py).
 
 A jail that misbehaves (a step timed out or was cancelled, its scratch could not be emptied, its
 program died) is killed, and the pool starts another when needed.
@@ -57,8 +58,9 @@ class Jail:
         self.healthy = True  # false once killed, or left unclean by a step: never reused
 
     @classmethod
-    async def start(cls, bwrap: str, work_dir: Path) -> Jail:
-        """Start a jail whose /work is `work_dir` (made here, empty).
+    async def start(cls, bwrap: str, work_dir: Path, *, protect_by_mount: bool = False) -> Jail:
+        """Start a jail whose /work is `work_dir` (made here, empty); with `protect_by_mount`, one
+        that binds each step's inputs read-only (`send(protect=...)`, chefs/jail_init.py).
 
         Cancelled, it still lets bwrap finish setting up and then ends the jail as an idle one is
         ended (its socket closed): bwrap killed while it sets up leaves its child blocked for ever
@@ -69,7 +71,9 @@ class Jail:
         try:
             # Run by path, not `-c <its text>`: `ps` shows a short command line for each jail.
             init = [sys.executable, "-I", "-S", JAIL_INIT, str(theirs.fileno())]
-            argv = jail_argv(bwrap, work_dir, _INIT_PROGRAM, init)
+            if protect_by_mount:  # the ids each command runs as, in its own user namespace
+                init += [str(os.getuid()), str(os.getgid())]
+            argv = jail_argv(bwrap, work_dir, _INIT_PROGRAM, init, protect_by_mount=protect_by_mount)
             spawning = asyncio.ensure_future(asyncio.create_subprocess_exec(
                 *argv, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -104,16 +108,19 @@ class Jail:
             raise JailError(f"the jail said {ready!r} instead of ready")
         return jail
 
-    async def send(self, argv: Sequence[str], env: Mapping[str, str], out_fd: int) -> None:
+    async def send(self, argv: Sequence[str], env: Mapping[str, str], out_fd: int,
+                   protect: Sequence[str] = ()) -> None:
         """Start one command in the jail, its stdout and stderr on `out_fd`, which this closes once
-        sent (the jail holds its own copy); `wait` gives its exit code."""
+        sent (the jail holds its own copy); `wait` gives its exit code. `protect`: work-dir paths
+        bound read-only while it runs (a jail started with `protect_by_mount`)."""
         try:
             if any("=" in name or not name for name in env):
                 raise ValueError(f"illegal environment variable name in {sorted(env)}")
-            fields = [os.fsencode(a) for a in argv] + [os.fsencode(f"{k}={v}") for k, v in env.items()]
+            fields = [os.fsencode(a) for a in argv] + [os.fsencode(p) for p in protect] \
+                + [os.fsencode(f"{k}={v}") for k, v in env.items()]
             if any(b"\0" in field for field in fields):  # what exec refuses, and our separator
                 raise ValueError("embedded null byte in a command's argument or environment")
-            payload = b"\0".join([str(len(argv)).encode(), *fields])
+            payload = b"\0".join([str(len(argv)).encode(), str(len(protect)).encode(), *fields])
             try:
                 # 8 bytes into an idle socket's empty buffer: never blocks, so a plain sendmsg carries the fd.
                 socket.send_fds(self._sock, [HEADER.pack(len(payload))], [out_fd])
@@ -188,9 +195,10 @@ class JailPool:
     rather than start a new one (~12 ms of CPU); a new one starts only when every jail runs a step
     or is already spoken for by a step waiting before it."""
 
-    def __init__(self, bwrap: str, parent: Path) -> None:
+    def __init__(self, bwrap: str, parent: Path, *, protect_by_mount: bool = False) -> None:
         self.bwrap = bwrap
         self.parent = parent  # the chef's tasks dir: a killed chef's work dirs go as its task dirs do
+        self.protect_by_mount = protect_by_mount  # jails bind each step's inputs read-only
         self._free: list[Jail] = []
         self._tidying = 0
         self._prestarts: set[asyncio.Task[None]] = set()  # jails starting in the background
@@ -253,7 +261,7 @@ class JailPool:
         self._made += 1
         work_dir = self.parent / f"{os.getpid()}-jail-{self._made}"
         try:
-            jail = await Jail.start(self.bwrap, work_dir)
+            jail = await Jail.start(self.bwrap, work_dir, protect_by_mount=self.protect_by_mount)
         except Exception as exc:
             self._failures += 1
             unforeseen = not isinstance(exc, JailError | OSError)  # a bug: its traceback too

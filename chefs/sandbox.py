@@ -9,8 +9,9 @@ Inputs are kept read-only one of two ways:
   to `nobody` and are mode 0444. A step has no capabilities, and inside bwrap's user namespace
   `nobody` is not even mapped, so it can neither write them nor chmod them. This costs nothing per
   input.
-- *By mount* (a chef that cannot give files away): each input is a read-only bind mount. Each bind
-  costs ~0.1 ms, so a 100-input step pays ~10 ms before its command starts.
+- *By mount* (a chef that cannot give files away, i.e. not root): each input is a read-only bind
+  mount. bwrap's binds cost ~0.05-0.1 ms each (it rereads the mount table per bind); in a jail
+  its pid 1 makes them with two syscalls each (chefs/jail_init.py).
 """
 
 from __future__ import annotations
@@ -121,12 +122,20 @@ def sandbox_argv(bwrap: str, task_dir: Path, read_only_binds: Iterable[str], com
     return argv
 
 
-def jail_argv(bwrap: str, work_dir: Path, program: Path, init: list[str]) -> list[str]:
+def jail_argv(bwrap: str, work_dir: Path, program: Path, init: list[str], *,
+              protect_by_mount: bool = False) -> list[str]:
     """bwrap's argv for a jail (chefs/jail.py): a step's sandbox around `work_dir`, with `init` as
     its pid 1 and `program` read-only at JAIL_INIT for it to run. /, /dev and /proc (its
     namespaces' sysctls) are read-only, so that steps leave nothing but what pid 1 empties (/tmp,
-    /dev/shm, /dev/mqueue) and the work dir the chef empties."""
-    return [bwrap, "--as-pid-1", *_isolation(), "--bind", str(work_dir), SANDBOX_ROOT,
+    /dev/shm, /dev/mqueue) and the work dir the chef empties.
+
+    `protect_by_mount`: pid 1 is uid 0 of the jail's user namespace with CAP_SYS_ADMIN (to bind
+    each step's inputs read-only) and CAP_SETFCAP (which the kernel asks of a process whose new
+    user namespace maps its parent's uid 0); it runs each command in a user namespace of its own,
+    without them (chefs/jail_init.py)."""
+    powers = ["--uid", "0", "--gid", "0", "--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETFCAP"] \
+        if protect_by_mount else []
+    return [bwrap, "--as-pid-1", *_isolation(), *powers, "--bind", str(work_dir), SANDBOX_ROOT,
             "--mqueue", "/dev/mqueue", "--remount-ro", "/dev", "--tmpfs", "/dev/shm", "--remount-ro", "/proc",
             "--ro-bind", str(program), JAIL_INIT, "--remount-ro", "/", "--chdir", SANDBOX_ROOT, *init]
 

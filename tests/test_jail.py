@@ -470,3 +470,52 @@ def test_a_jail_cancelled_at_any_moment_of_its_start_leaves_no_process(tmp_path:
 
     asyncio.run(run())
     assert wait_gone(_processes_naming(str(tmp_path))) == []
+
+
+# -- protection by mount: chefs that cannot give their inputs to `nobody` (not root) ----------------
+
+@pytest.fixture
+def mount_cook(tmp_path: Path) -> Cook:
+    require(shutil.which("bwrap") is not None, "bwrap is not installed")
+    store = Store(tmp_path / "store")
+    source = tmp_path / "in.txt"
+    source.write_text("original\n")
+    [(digest, size)] = asyncio.run(store.ingest([source]))
+    _INPUT[store.root] = InputRef(path="in.txt", digest=digest, size=size)
+    cook = Cook(store, tmp_path / "tasks", {}, protect_by_owner=False)
+    assert cook.jails is not None and cook.jails.protect_by_mount
+    return cook
+
+
+def test_a_jail_protecting_by_mount_keeps_inputs_read_only_and_leaves_no_bind(mount_cook: Cook) -> None:
+    """Its pid 1 binds the step's inputs read-only: writing, chmod, unmounting and a mount
+    namespace of the step's own all fail; other files can be made; and the next step in that jail
+    writes a file at that very path (pid 1 unmounts the binds; the chef's emptying of the work dir
+    would detach them too)."""
+    tamper = _step(mount_cook, "tamper", "echo x >> in.txt; chmod 644 in.txt; umount in.txt; "
+                                         "unshare -rm sh -c 'umount in.txt; echo y >> in.txt'; "
+                                         "echo made > made.txt && cp in.txt out.txt")
+    reuser = StepRequest(step_id="reuser", action_key="reuser", kind="shell", pods=[],
+                         command="echo mine > in.txt && cp in.txt out.txt", inputs=[], outputs=["out.txt", "in.txt"])
+    tampering, reusing = _cook_all(mount_cook, [tamper, reuser])
+    assert tampering.code == ErrorCode.OK, tampering.log
+    assert _jails_started(mount_cook) == 1  # one jail ran both: no bwrap per step
+    stored = mount_cook.store.path_for(_INPUT[mount_cook.store.root].digest)
+    assert stored.read_text() == "original\n"
+    assert mount_cook.store.path_for(tampering.outputs[0].digest).read_text() == "original\n"
+    for refused in ("cannot create in.txt", "chmod: changing permissions", "umount"):
+        assert refused in tampering.log, tampering.log
+    assert reusing.code == ErrorCode.OK, reusing.log
+    assert mount_cook.store.path_for(reusing.outputs[0].digest).read_text() == "mine\n"
+    assert list(mount_cook.tasks_dir.iterdir()) == []
+
+
+def test_a_step_in_a_jail_protecting_by_mount_runs_as_the_chef_in_a_namespace_of_its_own(mount_cook: Cook) -> None:
+    """The command's user namespace maps only the chef's ids (what a bwrap per step shows), onto
+    pid 1's uid 0 in the jail's namespace: a namespace of its own, not the one owning the mounts."""
+    probe = _step(mount_cook, "probe", "{ id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map; } > out.txt")
+    [outcome] = _cook_all(mount_cook, [probe])
+    assert outcome.code == ErrorCode.OK, outcome.log
+    uid, gid, *maps = mount_cook.store.path_for(outcome.outputs[0].digest).read_text().split()
+    assert (int(uid), int(gid)) == (os.getuid(), os.getgid())
+    assert maps == [uid, "0", "1", gid, "0", "1"], maps
