@@ -69,7 +69,7 @@ def take_into_store(store: Store, wanted: Sequence[LocalWant], *, link: bool) ->
         paths = store.commit_many([(temp, digest) for temp, digest, _via in staged])
     except BaseException:
         for temp, _digest, _via in staged:
-            _unlink_quietly(temp)
+            temp.unlink(missing_ok=True)
         raise
     for (_temp, digest, via), path in zip(staged, paths, strict=True):
         results[digest] = Taken(path, via)
@@ -89,7 +89,7 @@ def _stage(store: Store, want: LocalWant, *, link: bool) -> tuple[Path | None, s
             if link_entry(source, temp, want.digest, want.size):
                 return temp, VIA_LINK
         except OSError as exc:
-            _unlink_quietly(temp)
+            temp.unlink(missing_ok=True)
             if exc.errno not in LINK_FALLBACK_ERRNOS:
                 raise
         # not linkable here (another filesystem, too many links): copied below
@@ -104,16 +104,9 @@ def _stage(store: Store, want: LocalWant, *, link: bool) -> tuple[Path | None, s
         finally:
             os.close(fd)
     except BaseException:
-        _unlink_quietly(temp)
+        temp.unlink(missing_ok=True)
         raise
     if not ok:
-        _unlink_quietly(temp)
+        temp.unlink(missing_ok=True)
         return None, ""
     return temp, VIA_COPY
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from artefacts.hashing import StreamHasher
 from artefacts.keys import fingerprint, known_hosts_for, load_or_create_key
 from artefacts.lazymodule import LazyModule
-from artefacts.localtake import VIA_COPY, VIA_HELD, VIA_LINK, VIA_SFTP, LocalWant, take_into_store
+from artefacts.localtake import VIA_COPY, VIA_HELD, VIA_LINK, VIA_SFTP, LocalWant, Taken, take_into_store
 from artefacts.samehost import (
     copy_verified,
     enabled_by_env,
@@ -441,9 +441,20 @@ class Puller:
         from the answer (its owner not on this host, or its file not giving the bytes) is for `pull_via`."""
         wants = [LocalWant(digest, size, ep.local, hint) for digest, size, ep, hint in wanted
                  if ep.local is not None and self.is_local(ep)]
-        if not wants:
-            return {}
-        taken = await asyncio.to_thread(take_into_store, self._store, wants, link=self._link)
+        return await self._take(wants) if wants else {}
+
+    async def _take_local(self, digest: str, size: int, access: LocalAccess, hint: str) -> Pulled | None:
+        """Put an owner's file into our store without the network; None (counted) when that did not work."""
+        return (await self._take([LocalWant(digest, size, access, hint)])).get(digest)
+
+    async def _take(self, wants: list[LocalWant]) -> dict[str, Pulled]:
+        """Same-host takes, counted: each one that did not work is a fallback (SFTP decides next)."""
+        taken: dict[str, Taken | None]
+        try:
+            taken = await asyncio.to_thread(take_into_store, self._store, wants, link=self._link)
+        except OSError as exc:  # the commit failed: as with any one file's failure, SFTP decides
+            log.debug("same-host pull into %s failed: %s", self._store.root, exc)
+            taken = dict.fromkeys((want.digest for want in wants), None)
         sizes = {want.digest: want.size for want in wants}
         pulled: dict[str, Pulled] = {}
         for digest, got in taken.items():
@@ -453,16 +464,6 @@ class Puller:
             self._count_local(got.via, sizes[digest])
             pulled[digest] = Pulled(got.path, got.via)
         return pulled
-
-    async def _take_local(self, digest: str, size: int, access: LocalAccess, hint: str) -> Pulled | None:
-        """Put an owner's file into our store without the network; None (counted) when that did not work."""
-        want = LocalWant(digest, size, access, hint)
-        got = (await asyncio.to_thread(take_into_store, self._store, [want], link=self._link))[digest]
-        if got is None:
-            self.local_fallbacks += 1
-            return None
-        self._count_local(got.via, size)
-        return Pulled(got.path, got.via)
 
     def _count_local(self, via: str, size: int) -> None:
         if via == VIA_LINK:

@@ -91,7 +91,9 @@ class Protection:
         return done
 
     def unbind(self, paths: list[bytes]) -> bool:
-        return all(_LIBC.umount2(path, MNT_DETACH) == 0 for path in reversed(paths))
+        """Unmount every bind (each tried, whatever the others did); whether all went."""
+        results = [_LIBC.umount2(path, MNT_DETACH) for path in reversed(paths)]
+        return all(result == 0 for result in results)
 
     def enter_own_userns(self) -> None:
         """In a forked child: a user namespace that maps only the chef's ids, so that the command
@@ -109,8 +111,7 @@ class Protection:
         """The whole sequence once, at start: a bind of a scratch file and a child in its own user
         namespace; raises if the kernel refuses any part."""
         probe = b"/tmp/.jail-probe"
-        with open(probe, "wb"):
-            pass
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         self.unbind(self.bind([probe]))
         os.unlink(probe)
         pid = os.fork()

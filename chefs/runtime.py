@@ -512,7 +512,7 @@ class Chef:
         failures: dict[str, str] = {}
         # Those no other step is pulling already: the same-host ones are taken in one batch first.
         fresh = [ref for ref in wanted.values() if ref.digest not in self._inflight_pulls]
-        batch = asyncio.ensure_future(self._take_local(fresh, endpoints)) if fresh else None
+        batch = asyncio.ensure_future(self._take_same_host(fresh, endpoints)) if fresh else None
         for ref in fresh:
             task = asyncio.create_task(self._pull_one(ref, endpoints, batch))
             self._inflight_pulls[ref.digest] = task
@@ -532,7 +532,7 @@ class Chef:
         await asyncio.gather(*(one(ref) for ref in wanted.values()))
         return failures
 
-    async def _take_local(self, refs: list[InputRef], endpoints: dict[str, SftpEndpoint]) -> dict[str, str]:
+    async def _take_same_host(self, refs: list[InputRef], endpoints: dict[str, SftpEndpoint]) -> dict[str, str]:
         """digest -> how it came, for the refs a same-host owner could give (one thread, one commit:
         a fresh chef's first compile lacks its source and every header). Never raises: what this
         did not take, `_pull_one` pulls from each owner in turn."""

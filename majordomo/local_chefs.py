@@ -53,9 +53,9 @@ class LocalChefs:
         self.ids = [f"local-{n}" for n in range(1, count + 1)]
         homes = self.state_dir / "chefs"
         homes.mkdir(parents=True, exist_ok=True)
-        url_later = ["--nats-from-stdin"] if self.nats_url is None else []
-        argv = [sys.executable, "-m", "chefs.fleet", "--homes", str(homes), "--ids", ",".join(self.ids), *url_later,
-                "--", *(["--nats", self.nats_url] if self.nats_url else []),
+        url_later = self.nats_url is None
+        nats = ["--nats-from-stdin", "--"] if url_later else ["--", "--nats", str(self.nats_url)]
+        argv = [sys.executable, "-m", "chefs.fleet", "--homes", str(homes), "--ids", ",".join(self.ids), *nats,
                 "--key", str(self.key), "--authorized-keys", str(self.authorized),
                 "--slots", str(slots),
                 "--no-hand-over"]  # the local chefs stop together: nobody to hand over to

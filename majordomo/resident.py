@@ -204,6 +204,12 @@ def embedded_key(state_dir: Path) -> str:
     return str(Path(os.environ.get("MAJORDOMO_KEY") or state_dir / "keys" / "federation"))
 
 
+def embedded_key_pair(state_dir: Path) -> tuple[Path, Path]:
+    """The federation key's path and its .pub's, which chefs authorize (see embedded_keys)."""
+    key = Path(embedded_key(state_dir))
+    return key, key.with_name(key.name + ".pub")
+
+
 async def embedded_keys(state_dir: Path) -> tuple[Path, Path]:
     """The federation key (and its .pub, which chefs authorize): MAJORDOMO_KEY, which an operator
     hands out to every pod, or the project's own for the embedded federation, made if missing.
@@ -212,8 +218,7 @@ async def embedded_keys(state_dir: Path) -> tuple[Path, Path]:
     chefs start. A missing one is made without asyncssh (`keys.ensure_key`)."""
     import asyncio
 
-    key = Path(embedded_key(state_dir))
-    public = key.with_name(key.name + ".pub")
+    key, public = embedded_key_pair(state_dir)
     if not (key.is_file() and public.is_file()):
         from artefacts.keys import ensure_key
 
@@ -289,9 +294,7 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
         # to join the federation (majordomo/federation.py, `chefs_ready`).
         # The chefs' fleet first: it imports the chef code while nats-server starts and the keys
         # are made, then gets the server's URL.
-        key_path = Path(embedded_key(state_dir))
-        chefs = LocalChefs(state_dir, None, key_path, key_path.with_name(key_path.name + ".pub"),
-                           tied_to_parent=True)
+        chefs = LocalChefs(state_dir, None, *embedded_key_pair(state_dir), tied_to_parent=True)
         await chefs.spawn(EMBEDDED_CHEFS)
         url = await server.start()
         await embedded_keys(state_dir)
@@ -301,7 +304,7 @@ async def supervise(state_dir: Path, idle_s: float) -> int:
         chefs_ready = asyncio.ensure_future(chefs.ready())
         builds = BuildServer(state_dir.parent, url, chefs_ready)
         await builds.start()
-        info = {"url": url, "pid": os.getpid(), "fingerprint": fingerprint(), "idle_s": idle_s, "key": str(key_path),
+        info = {"url": url, "pid": os.getpid(), "fingerprint": fingerprint(), "idle_s": idle_s, "key": str(chefs.key),
                 "env": environment(), "socket": builds.socket_name, "chefs": "starting"}
         _write_info(state_dir, info)
         _announce(f"{SERVING} {url}")

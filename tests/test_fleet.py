@@ -13,17 +13,34 @@ from conftest import REPO, children_of, wait_gone
 BOUND_S = 30.0
 
 
-def _start_fleet(url: str, homes: Path, ids: str) -> subprocess.Popen[str]:
+def _fleet_argv(homes: Path, ids: str, url: str | None) -> list[str]:
+    """A fleet's command line; without `url`, the fleet reads it on stdin."""
+    nats = ["--", "--nats", url] if url else ["--nats-from-stdin", "--"]
+    return [sys.executable, "-m", "chefs.fleet", "--homes", str(homes), "--ids", ids, *nats,
+            "--kind", "shell", "--no-hand-over"]
+
+
+def _start_fleet(url: str, homes: Path, ids: str, *, url_on_stdin: bool = False) -> subprocess.Popen[str]:
     fleet = subprocess.Popen(
-        [sys.executable, "-m", "chefs.fleet", "--homes", str(homes), "--ids", ids, "--",
-         "--nats", url, "--kind", "shell", "--no-hand-over"],
+        _fleet_argv(homes, ids, None if url_on_stdin else url), stdin=subprocess.PIPE if url_on_stdin else None,
         stdout=subprocess.PIPE, stderr=open(homes.parent / "fleet.log", "wb"), text=True, cwd=REPO,
         start_new_session=True)
     assert fleet.stdout
+    if url_on_stdin:
+        assert fleet.stdin
+        fleet.stdin.write(f"{url}\n")
+        fleet.stdin.close()
     lines = [fleet.stdout.readline() for _ in ids.split(",")]  # one line per chef, once registered
     logs = [(homes.parent / "fleet.log").read_text(), *(p.read_text() for p in homes.glob("*/chef.log"))]
     assert sorted(lines) == sorted(f"chef {i} ready\n" for i in ids.split(",")), (lines, logs)
     return fleet
+
+
+def _stop_all(fleet: subprocess.Popen[str], chefs: dict[str, int]) -> None:
+    """SIGTERM ends the fleet cleanly, and every chef with it."""
+    fleet.send_signal(signal.SIGTERM)
+    assert fleet.wait(BOUND_S) == 0
+    assert wait_gone(list(chefs.values())) == []
 
 
 def _chefs_of(fleet: int) -> dict[str, int]:
@@ -40,9 +57,7 @@ def test_a_fleet_runs_each_chef_in_its_own_named_process_and_sigterm_stops_them(
         assert set(chefs) == {"chef one", "chef two"}, chefs
         for chef_id in ("one", "two"):
             assert "ready" in (homes / chef_id / "chef.log").read_text()  # each chef logs to its own home
-        fleet.send_signal(signal.SIGTERM)
-        assert fleet.wait(BOUND_S) == 0
-        assert wait_gone(list(chefs.values())) == []
+        _stop_all(fleet, chefs)
     finally:
         if fleet.poll() is None:
             os.killpg(fleet.pid, signal.SIGKILL)
@@ -76,25 +91,16 @@ def test_a_fleet_started_before_its_server_takes_the_url_on_stdin(nats_url: str,
     """The embedded federation starts the fleet first (its imports overlap nats-server's start) and
     gives it the URL once the server listens; a fleet that gets none forks no chef."""
     homes = tmp_path / "chefs"
-    argv = [sys.executable, "-m", "chefs.fleet", "--homes", str(homes), "--ids", "one,two", "--nats-from-stdin",
-            "--", "--kind", "shell", "--no-hand-over"]
-    fleet = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=open(tmp_path / "fleet.log", "wb"), text=True, cwd=REPO, start_new_session=True)
+    fleet = _start_fleet(nats_url, homes, "one,two", url_on_stdin=True)
     try:
-        assert fleet.stdin and fleet.stdout
-        fleet.stdin.write(f"{nats_url}\n")
-        fleet.stdin.close()
-        lines = sorted(fleet.stdout.readline() for _ in range(2))
-        assert lines == ["chef one ready\n", "chef two ready\n"], (lines, (tmp_path / "fleet.log").read_text())
         chefs = _chefs_of(fleet.pid)
         for pid in chefs.values():  # the URL's pipe is not kept open by the chefs
             assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
-        fleet.send_signal(signal.SIGTERM)
-        assert fleet.wait(BOUND_S) == 0
-        assert wait_gone(list(chefs.values())) == []
+        _stop_all(fleet, chefs)
     finally:
         if fleet.poll() is None:
             os.killpg(fleet.pid, signal.SIGKILL)
 
-    none = subprocess.run(argv, input="", capture_output=True, text=True, cwd=REPO, timeout=BOUND_S)
+    none = subprocess.run(_fleet_argv(homes, "one,two", None), input="", capture_output=True, text=True,
+                          cwd=REPO, timeout=BOUND_S)
     assert none.returncode == 2 and "no NATS URL on stdin" in none.stderr, none.stderr
